@@ -1,0 +1,105 @@
+"""Tensor-resident data: IDX files read once into uint8 device tensors, epochs as seeded index gathers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # CLI name -> torchvision folder
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
+
+
+class DataError(Exception):
+    """A data file is missing or unreadable; the message is one line meant for the user."""
+
+
+class Dataset(NamedTuple):
+    images: torch.Tensor  # (N, H, W) uint8, on the target device
+    labels: torch.Tensor  # (N,) int64
+
+
+def data_dir() -> Path:
+    """Where data sets live: $DATA_DIR, else ./data."""
+    return Path(os.environ.get("DATA_DIR", "data"))
+
+
+def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:
+    """Parse one uncompressed IDX file (big-endian header, uint8 payload) into a CPU tensor."""
+    raw = path.read_bytes()
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(f"{path} is not an IDX file with magic {magic} (corrupt or wrong file)")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = offset + torch.Size(dims).numel()
+    if len(raw) != expected:
+        raise DataError(f"{path} has {len(raw)} bytes, its header promises {expected} (truncated?)")
+    return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
+
+
+def _try_download(name: str, root: Path) -> None:
+    """Fetch the files with torchvision's downloader (only when asked: these machines are offline)."""
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
+    try:
+        for train in (True, False):
+            cls[name](str(root), train=train, download=True)
+    except Exception as e:  # any network / checksum failure becomes one line
+        raise DataError(f"download of {name} into {root} failed ({type(e).__name__}: {e})") from None
+
+
+def load_dataset(name: str, split: str, root=None, device="cpu", download=False) -> Dataset:
+    """Read a dataset split from torchvision's layout (root/MNIST/raw/...) onto `device`."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if split not in _FILES:
+        raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
+    root = Path(root) if root is not None else data_dir()
+    raw = root / DATASETS[name] / "raw"
+    paths = [raw / f for f in _FILES[split]]
+    if download and not all(p.exists() for p in paths):
+        _try_download(name, root)
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise DataError(
+            f"{name} {split} files missing under DATA_DIR={root}: expected {raw}/{{{','.join(missing)}}} "
+            "(set DATA_DIR to the folder holding MNIST/raw and FashionMNIST/raw, or pass --download)"
+        )
+    images = _read_idx(paths[0], _IMAGE_MAGIC, 3)
+    labels = _read_idx(paths[1], _LABEL_MAGIC, 1)
+    if len(images) != len(labels):
+        raise DataError(f"{raw}: {len(images)} images but {len(labels)} labels")
+    return Dataset(images.to(device), labels.to(device=device, dtype=torch.int64))
+
+
+def load_mnist(root=None, split="train", device="cpu", download=False) -> Dataset:
+    """MNIST split as uint8 (N, 28, 28) images and int64 labels on `device`."""
+    return load_dataset("mnist", split, root, device, download)
+
+
+def load_fashion_mnist(root=None, split="train", device="cpu", download=False) -> Dataset:
+    """Fashion-MNIST split as uint8 (N, 28, 28) images and int64 labels on `device`."""
+    return load_dataset("fashion-mnist", split, root, device, download)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Dynamic binarisation: each pixel an independent Bernoulli draw with its intensity as p."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device) -> torch.Tensor:
+    """The sample order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g, device=device)

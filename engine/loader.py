@@ -1,0 +1,70 @@
+"""Batches from device-resident data: fixed-shape training batches with a resumable cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from engine.data import Dataset, binarize, epoch_permutation, to_unit
+
+
+def _make_batch(images, labels, gen, noise: dict, dynamic_binarize: bool) -> dict:
+    """Scale (and binarise) a gathered uint8 batch and draw the step's noise, all on device."""
+    x = to_unit(images)  # (B, 1, H, W) float32 in [0, 1]
+    if dynamic_binarize:
+        x = binarize(x, gen)
+    batch = {"x": x, "y": labels}
+    for name, shape in noise.items():
+        batch[name] = torch.randn((len(images), *shape), generator=gen, device=images.device)
+    return batch
+
+
+class Loader:
+    """Training batches: a seeded permutation per epoch, index gathers, last partial batch dropped.
+
+    All randomness of a batch (binarisation, named noise such as a VAE's `eps`) comes from one
+    generator whose state, with the (epoch, batch) cursor, is part of every checkpoint, so a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data: Dataset, batch_size: int, seed: int, noise=None, dynamic_binarize=False):
+        if batch_size > len(data.images):
+            raise ValueError(f"batch size {batch_size} exceeds the {len(data.images)} training images")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.noise, self.dynamic_binarize = dict(noise or {}), dynamic_binarize
+        self.device = data.images.device
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.steps_per_epoch = len(data.images) // batch_size
+        self.epoch, self.batch = 0, 0  # cursor: the next batch to yield
+
+    def __iter__(self) -> Iterator[dict]:
+        """The rest of the current epoch; the cursor advances as batches are taken."""
+        perm = epoch_permutation(len(self.data.images), self.seed, self.epoch, self.device)
+        while self.batch < self.steps_per_epoch:
+            idx = perm[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
+            self.batch += 1
+            yield _make_batch(self.data.images[idx], self.data.labels[idx], self.gen,
+                              self.noise, self.dynamic_binarize)
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The cursor and generator state as tensors, for the checkpoint."""
+        return {
+            "epoch": torch.tensor(self.epoch),
+            "batch": torch.tensor(self.batch),
+            "rng": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.gen.set_state(state["rng"].cpu() if self.device.type == "cpu" else state["rng"])
+
+
+def eval_batches(data: Dataset, batch_size: int, seed: int, noise=None, dynamic_binarize=False):
+    """Test batches in order (last one may be short); noise and binarisation from a fixed seed,
+    so every evaluation of a run sees the same binarised test set and the same draws."""
+    gen = torch.Generator(device=data.images.device).manual_seed(seed)
+    for start in range(0, len(data.images), batch_size):
+        sl = slice(start, start + batch_size)
+        yield _make_batch(data.images[sl], data.labels[sl], gen, dict(noise or {}), dynamic_binarize)

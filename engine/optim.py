@@ -1,0 +1,124 @@
+"""Functional optimizers: pairs of pure functions init(params) and update(grads, opt, params)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from engine.schedules import Schedule, as_schedule
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Optimizer(NamedTuple):
+    """init(params) -> opt_state; update(grads, opt_state, params, inplace=False) -> (params, opt_state).
+
+    With inplace=True ("donate") the update overwrites the given params and opt_state tensors, which
+    saves memory traffic; with inplace=False the inputs are untouched. Both run the same arithmetic,
+    so they agree bitwise.
+    """
+
+    init: Callable[[Tensors], Any]
+    update: Callable[..., tuple[Tensors, Any]]
+
+
+def _owned(tensors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
+    """The tensors to write into: the inputs themselves when donating, fresh copies otherwise."""
+    return tensors if inplace else [t.clone() for t in tensors]
+
+
+def _zeros_like(params: Tensors) -> Tensors:
+    return {k: torch.zeros_like(v) for k, v in params.items()}
+
+
+def _count(params: Tensors) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.int64, device=next(iter(params.values())).device)
+
+
+def adam(
+    lr: float | Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> Optimizer:
+    """Adam (Kingma & Ba), matching torch.optim.Adam; decoupled=True gives AdamW."""
+    lr_fn = as_schedule(lr)
+
+    def init(params: Tensors) -> dict:
+        return {"count": _count(params), "mu": _zeros_like(params), "nu": _zeros_like(params)}
+
+    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
+        keys = list(params)
+        g = [grads[k] for k in keys]
+        p = _owned([params[k] for k in keys], inplace)
+        m = _owned([opt["mu"][k] for k in keys], inplace)
+        v = _owned([opt["nu"][k] for k in keys], inplace)
+        lr_t = lr_fn(opt["count"])  # float64 0-d: rate for this step
+        count = opt["count"] + 1
+        t = count.to(torch.float64)
+        if weight_decay and not decoupled:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
+        if weight_decay and decoupled:
+            torch._foreach_mul_(p, (1 - lr_t * weight_decay).float())
+        torch._foreach_lerp_(m, g, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+        step_size = (lr_t / (1 - b1**t)).float()
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_mul_(denom, (1 / torch.sqrt(1 - b2**t)).float())
+        torch._foreach_add_(denom, eps)
+        delta = torch._foreach_div(m, denom)
+        torch._foreach_mul_(delta, step_size)
+        torch._foreach_sub_(p, delta)
+        new_opt = {"count": count, "mu": dict(zip(keys, m)), "nu": dict(zip(keys, v))}
+        return dict(zip(keys, p)), new_opt
+
+    return Optimizer(init, update)
+
+
+def adamw(lr: float | Schedule = 1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> Optimizer:
+    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, matching torch.optim.AdamW."""
+    return adam(lr, b1, b2, eps, weight_decay, decoupled=True)
+
+
+def sgd(
+    lr: float | Schedule = 1e-2,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> Optimizer:
+    """SGD with optional (Nesterov) momentum, matching torch.optim.SGD with dampening=0."""
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov momentum needs momentum > 0")
+    lr_fn = as_schedule(lr)
+
+    def init(params: Tensors) -> dict:
+        opt = {"count": _count(params)}
+        if momentum:
+            opt["momentum"] = _zeros_like(params)
+        return opt
+
+    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
+        keys = list(params)
+        g = [grads[k] for k in keys]
+        p = _owned([params[k] for k in keys], inplace)
+        lr_t = lr_fn(opt["count"]).float()
+        new_opt = {"count": opt["count"] + 1}
+        if weight_decay:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
+        if momentum:
+            # A zero-initialised buffer makes the first step buf = g, as torch.optim.SGD does.
+            buf = _owned([opt["momentum"][k] for k in keys], inplace)
+            torch._foreach_mul_(buf, momentum)
+            torch._foreach_add_(buf, g)
+            g = torch._foreach_add(g, buf, alpha=momentum) if nesterov else buf
+            new_opt["momentum"] = dict(zip(keys, buf))
+        delta = torch._foreach_mul(g, lr_t)
+        torch._foreach_sub_(p, delta)
+        return dict(zip(keys, p)), new_opt
+
+    return Optimizer(init, update)

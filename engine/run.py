@@ -1,0 +1,129 @@
+"""Experiment plumbing: a run directory, its config, device, data, evaluation and clean CLI errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.amp import scaler_init
+from engine.checkpoint import CheckpointError, save_weights
+from engine.config import UsageError, merge_resumed, parse_config
+from engine.data import DataError, Dataset, load_dataset
+from engine.loader import Loader, eval_batches
+from engine.loop import CHECKPOINT, fit, resume_state
+from engine.state import init_state
+from engine.step import make_eval_step
+
+EVAL_BATCH = 1000
+
+
+def main_guard(main):
+    """Turn user-facing failures into one line on stderr and exit code 2 (1 for a missed target)."""
+
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except (UsageError, DataError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass
+class Run:
+    """One training run: its config, where it writes, and its data on the device."""
+
+    config: object
+    run_dir: Path
+    device: torch.device
+    train: Dataset
+    test: Dataset
+
+    @classmethod
+    def start(cls, config_cls, argv, experiment: str, name_fields=("arch", "latent_dim")) -> Run:
+        """Parse flags, pick/restore the run directory and config, seed, and load the data."""
+        cfg, given = parse_config(config_cls, argv, prog=f"python -m experiments.{experiment}")
+        if cfg.resume:
+            saved_path = Path(cfg.run_dir) / "config.json"
+            if not (Path(cfg.run_dir) / CHECKPOINT).exists() or not saved_path.exists():
+                raise UsageError(f"--resume: {cfg.run_dir} holds no checkpoint.safetensors/config.json")
+            explicit = {k: getattr(cfg, k) for k in given}
+            cfg = merge_resumed(config_cls, json.loads(saved_path.read_text()), explicit)
+        else:
+            if not cfg.run_dir:
+                parts = [experiment, cfg.dataset] + [f"{k[0]}{getattr(cfg, k)}" for k in name_fields]
+                cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / "-".join(parts)))
+            if (Path(cfg.run_dir) / CHECKPOINT).exists():
+                raise UsageError(f"{cfg.run_dir} already holds a run: add --resume to continue it, "
+                                 "or pick another --run-dir")
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # weight initialisation
+        train = load_dataset(cfg.dataset, "train", device=device, download=cfg.download)
+        test = load_dataset(cfg.dataset, "test", device=device, download=cfg.download)
+        return cls(cfg, run_dir, device, train, test)
+
+    def init_state(self, model, optimizer):
+        """Fresh state for the model (with a loss scaler under fp16)."""
+        scaler = scaler_init(self.device) if self.config.precision == "fp16" else None
+        return init_state(model, optimizer, scaler)
+
+    def loader(self, noise=None, dynamic_binarize=False) -> Loader:
+        try:
+            return Loader(self.train, self.config.batch_size, self.config.seed, noise, dynamic_binarize)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def evaluator(self, loss_fn, noise=None, dynamic_binarize=False):
+        """evaluate(state) -> test-set means of the loss and its metrics (fixed noise each time)."""
+        eval_step = make_eval_step(loss_fn, precision=self.config.precision)
+
+        def evaluate(state) -> dict[str, float]:
+            totals, n = None, 0
+            for batch in eval_batches(self.test, EVAL_BATCH, self.config.seed + 1, noise, dynamic_binarize):
+                metrics = eval_step(state, batch)
+                values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
+                totals, n = (values if totals is None else totals + values), n + len(batch["x"])
+            return dict(zip(metrics, (totals / n).tolist()))  # one host sync per evaluation
+
+        return evaluate
+
+    def fit(self, step, state, loader, evaluate, on_epoch_end=None):
+        """engine.fit with this run's settings, continuing from the checkpoint when resuming."""
+        cfg = self.config
+        if cfg.resume:
+            state = resume_state(self.run_dir, state, loader)
+            print(f"resuming {self.run_dir} at epoch {loader.epoch + 1}, batch {loader.batch}")
+        return fit(step, state, loader, epochs=cfg.epochs, run_dir=self.run_dir, evaluate=evaluate,
+                   config=dataclasses.asdict(cfg), max_steps=cfg.max_steps,
+                   on_epoch_end=on_epoch_end, progress=cfg.progress)
+
+    def finish(self, state, evaluate) -> dict[str, float]:
+        """Save plain weights, print the final test metrics, and enforce --target-loss."""
+        save_weights(self.run_dir / "model.safetensors", state.params, state.buffers)
+        final = evaluate(state)
+        (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        target = self.config.target_loss
+        if target and not final["loss"] <= target:
+            print(f"error: test loss {final['loss']:.4f} is above --target-loss {target}", file=sys.stderr)
+            raise SystemExit(1)
+        return final

@@ -1,0 +1,54 @@
+"""Train a deterministic auto-encoder on MNIST or Fashion-MNIST: `python -m experiments.ae --help`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import engine
+from engine.config import RunConfig, option
+from engine.plots import plot_curves, save_image_rows
+from engine.run import Run, main_guard
+from losses import make_ae_loss
+from losses.ae import RECONSTRUCTIONS
+from models import ARCHS, build_ae
+
+
+@dataclass(frozen=True)
+class AEConfig(RunConfig):
+    arch: str = option("conv", "encoder/decoder: mlp (784-400-Z) or conv", tuple(ARCHS))
+    latent_dim: int = option(16, "size of the code z")
+    loss: str = option("bce", "reconstruction error to train on", RECONSTRUCTIONS)
+
+
+def save_plots(run: Run, model, state, records) -> None:
+    """loss.png and reconstructions.png in the run directory."""
+    tag = f"AE {run.config.arch} z={run.config.latent_dim} on {run.config.dataset}"
+    panels = [(f"training loss ({run.config.loss})", "loss"), ("MSE per pixel", "mse")]
+    plot_curves(records, panels, run.run_dir / "loss.png", tag)
+    engine.load_into(model, state.params, state.buffers)
+    with torch.no_grad():
+        x = engine.data.to_unit(run.test.images[:16])  # (16, 1, 28, 28)
+        recon = torch.sigmoid(model(x)[0])
+    save_image_rows([x, recon], ["test image", "reconstruction"], run.run_dir / "reconstructions.png",
+                    f"{tag}: test images and their reconstructions")
+
+
+@main_guard
+def main(argv=None):
+    run = Run.start(AEConfig, argv, "ae")
+    cfg = run.config
+    model = build_ae(cfg.arch, cfg.latent_dim).to(run.device)
+    loss_fn = make_ae_loss(model, cfg.loss)
+    optimizer = engine.adam(cfg.lr)
+    step = engine.make_train_step(loss_fn, optimizer, precision=cfg.precision,
+                                  compile=cfg.compile, donate=cfg.donate)
+    evaluate = run.evaluator(loss_fn)
+    state = run.fit(step, run.init_state(model, optimizer), run.loader(), evaluate,
+                    on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)))
+    return run.finish(state, evaluate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Pure loss functions returning (loss, metrics); factories bind a module into loss_fn form."""
+
+from losses.ae import make_ae_loss, reconstruction_loss
+from losses.reconstruction import bernoulli_nll, squared_error
+from losses.vae import elbo, gaussian_kl, make_elbo_loss
+
+__all__ = [
+    "bernoulli_nll",
+    "squared_error",
+    "reconstruction_loss",
+    "make_ae_loss",
+    "gaussian_kl",
+    "elbo",
+    "make_elbo_loss",
+]
