@@ -67,13 +67,14 @@ def adam(
         torch._foreach_lerp_(m, g, 1 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, g, g, value=1 - b2)
-        step_size = (lr_t / (1 - b1**t)).float()
+        # Same operation order as torch.optim.Adam(foreach=True), so rounding agrees too.
+        neg_step_size = (-lr_t / (1 - b1**t)).float()
         denom = torch._foreach_sqrt(v)
-        torch._foreach_mul_(denom, (1 / torch.sqrt(1 - b2**t)).float())
+        torch._foreach_div_(denom, torch.sqrt(1 - b2**t).float())
         torch._foreach_add_(denom, eps)
-        delta = torch._foreach_div(m, denom)
-        torch._foreach_mul_(delta, step_size)
-        torch._foreach_sub_(p, delta)
+        delta = torch._foreach_mul(m, neg_step_size)  # p + (-step * m) / denom, as addcdiv does
+        torch._foreach_div_(delta, denom)
+        torch._foreach_add_(p, delta)
         new_opt = {"count": count, "mu": dict(zip(keys, m)), "nu": dict(zip(keys, v))}
         return dict(zip(keys, p)), new_opt
 

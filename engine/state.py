@@ -68,6 +68,8 @@ def flatten_state(tree, prefix: str = "") -> Tensors:
         items = zip(tree._fields, tree, strict=True)
     elif isinstance(tree, dict):
         items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
     else:
         raise TypeError(f"cannot flatten {type(tree).__name__} at '{prefix}'")
     flat: Tensors = {}
@@ -84,4 +86,6 @@ def unflatten_state(flat: Tensors, template, prefix: str = ""):
     if isinstance(template, tuple) and hasattr(template, "_fields"):
         values = (unflatten_state(flat, v, join(k)) for k, v in zip(template._fields, template, strict=True))
         return type(template)(*values)
+    if isinstance(template, list | tuple):
+        return type(template)(unflatten_state(flat, v, join(i)) for i, v in enumerate(template))
     return {k: unflatten_state(flat, v, join(k)) for k, v in template.items()}
