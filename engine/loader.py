@@ -39,14 +39,17 @@ class Loader:
         self.epoch, self.batch = 0, 0  # cursor: the next batch to yield
 
     def __iter__(self) -> Iterator[dict]:
-        """The rest of the current epoch; the cursor advances as batches are taken."""
-        perm = epoch_permutation(len(self.data.images), self.seed, self.epoch, self.device)
-        while self.batch < self.steps_per_epoch:
-            idx = perm[self.batch * self.batch_size : (self.batch + 1) * self.batch_size]
-            self.batch += 1
-            yield _make_batch(self.data.images[idx], self.data.labels[idx], self.gen,
-                              self.noise, self.dynamic_binarize)
-        self.epoch, self.batch = self.epoch + 1, 0
+        """The rest of the current epoch. The cursor already points past a batch when it is yielded,
+        so a checkpoint taken after the step on that batch resumes with the next one."""
+        epoch, start = self.epoch, self.batch
+        perm = epoch_permutation(len(self.data.images), self.seed, epoch, self.device)
+        for i in range(start, self.steps_per_epoch):
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = _make_batch(self.data.images[idx], self.data.labels[idx], self.gen,
+                                self.noise, self.dynamic_binarize)
+            last = i + 1 == self.steps_per_epoch
+            self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, i + 1)
+            yield batch
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The cursor and generator state as tensors, for the checkpoint."""

@@ -87,8 +87,8 @@ def fit(
 
     with _StopFlag() as stop:
         while loader.epoch < epochs and not (max_steps and done >= max_steps):
-            epoch, history, t0, start_batch = loader.epoch, [], time.perf_counter(), loader.batch
-            bar = tqdm(total=spe, initial=start_batch, desc=f"epoch {epoch + 1}/{epochs}",
+            epoch, history, t0 = loader.epoch, [], time.perf_counter()
+            bar = tqdm(total=spe, initial=loader.batch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not progress, dynamic_ncols=True, leave=False)
             for batch in loader:
                 state, metrics = step(state, batch)
@@ -96,35 +96,40 @@ def fit(
                 done += 1
                 bar.update(1)
                 if done % log_every == 0:  # sync point: read the running loss for the bar
-                    rate = (loader.batch - start_batch) * loader.batch_size / (time.perf_counter() - t0)
+                    rate = len(history) * loader.batch_size / (time.perf_counter() - t0)
                     recent = _mean_metrics(history[-log_every:], "")
                     bar.set_postfix(loss=f"{recent['loss']:.3f}", samples_s=f"{rate:,.0f}")
                 if stop.signum is not None or (max_steps and done >= max_steps):
                     break
             bar.close()
-            if stop.signum is not None:
+            if loader.epoch > epoch:  # the epoch is complete: evaluate, record, checkpoint
+                record = _epoch_record(epoch, done, history, time.perf_counter() - t0,
+                                       loader.batch_size, evaluate, state)
+                with open(run_dir / METRICS, "a") as f:
+                    f.write(json.dumps(record) + "\n")
                 checkpoint(state)
+                if progress:
+                    tqdm.write(_summary(record))
+                if on_epoch_end is not None:
+                    on_epoch_end(state, record)
+            else:  # stopped inside the epoch: the checkpoint keeps the cursor
+                checkpoint(state)
+            if stop.signum is not None:
                 code = 130 if stop.signum == signal.SIGINT else 143
                 print(f"interrupted at step {done}; checkpoint saved in {run_dir}; "
                       f"continue with --resume {run_dir}")
                 raise Interrupted(code)
-            if loader.batch != 0:  # stopped by max_steps mid-epoch: keep the cursor, no epoch record
-                checkpoint(state)
-                break
-            elapsed = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "step": done, **_mean_metrics(history, "train_")}
-            if evaluate is not None:
-                record.update({f"test_{k}": v for k, v in evaluate(state).items()})
-            record["epoch_time_s"] = round(elapsed, 3)
-            record["samples_per_s"] = round((spe - start_batch) * loader.batch_size / elapsed, 1)
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            checkpoint(state)
-            if progress:
-                tqdm.write(_summary(record))
-            if on_epoch_end is not None:
-                on_epoch_end(state, record)
     return state
+
+
+def _epoch_record(epoch, done, history, elapsed, batch_size, evaluate, state) -> dict:
+    """The metrics.jsonl line of one epoch: train means, test metrics, time and throughput."""
+    record = {"epoch": epoch + 1, "step": done, **_mean_metrics(history, "train_")}
+    if evaluate is not None:
+        record.update({f"test_{k}": v for k, v in evaluate(state).items()})
+    record["epoch_time_s"] = round(elapsed, 3)
+    record["samples_per_s"] = round(len(history) * batch_size / elapsed, 1)
+    return record
 
 
 def _summary(record: dict) -> str:

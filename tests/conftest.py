@@ -27,3 +27,15 @@ def _fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def run_cli(module: str, args, data_root, expect: int = 0, timeout: int = 600):
+    """Run `python -m module args` from the repository root; assert its exit code."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATA_DIR": str(data_root)}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc

@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors only, atomic, loadable into plain modules, and exact resume."""
+
+import json
+import os
+import pickle
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import engine
+from engine.checkpoint import CheckpointError, save_weights
+from engine.state import flatten_state
+from models import build_ae, build_vae
+from tests.conftest import run_cli
+
+
+def _state(precision="fp32"):
+    torch.manual_seed(0)
+    model = build_vae("conv", 4)
+    opt = engine.adam(1e-3)
+    scaler = engine.scaler_init("cpu") if precision == "fp16" else None
+    return model, engine.init_state(model, opt, scaler)
+
+
+def test_round_trip_keeps_every_tensor_and_the_config(tmp_path):
+    _, state = _state("fp16")
+    extra = {"loader": {"epoch": torch.tensor(3), "rng": torch.Generator().manual_seed(5).get_state()}}
+    path = tmp_path / "c.safetensors"
+    engine.save_checkpoint(path, state, extra, config={"lr": 1e-3, "arch": "conv"})
+    loaded, got_extra, meta = engine.load_checkpoint(path, state, extra)
+    a, b = flatten_state(state), flatten_state(loaded)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {"params/encoder.conv1.weight", "opt/mu/decoder.fc1.bias", "step", "scaler/scale"} <= a.keys()
+    assert torch.equal(got_extra["loader"]["rng"], extra["loader"]["rng"])
+    assert meta["config"] == {"lr": 1e-3, "arch": "conv"}
+    assert meta["versions"]["torch"] == torch.__version__
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
+
+
+def test_params_and_buffers_load_into_a_plain_module(tmp_path):
+    model, state = _state()
+    engine.save_checkpoint(tmp_path / "c.safetensors", state)
+    tensors = load_file(str(tmp_path / "c.safetensors"))
+    plain = build_vae("conv", 4)
+    weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(("params/", "buffers/"))}
+    plain.load_state_dict(weights, strict=True)
+    save_weights(tmp_path / "model.safetensors", state.params, state.buffers)
+    fresh = build_vae("conv", 4)
+    fresh.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(plain.state_dict()[k], v) and torch.equal(fresh.state_dict()[k], v)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    _, state = _state()
+    engine.save_checkpoint(tmp_path / "c.safetensors", state)
+    other = engine.init_state(build_vae("conv", 8), engine.adam())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        engine.load_checkpoint(tmp_path / "c.safetensors", other)
+    ae = engine.init_state(build_ae("mlp", 4), engine.adam())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        engine.load_checkpoint(tmp_path / "c.safetensors", ae)
+
+
+def test_pickle_posing_as_a_checkpoint_is_refused(tmp_path):
+    _, state = _state()
+    path = tmp_path / "c.safetensors"
+    with open(path, "wb") as f:
+        pickle.dump({"params": state.params}, f)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        engine.load_checkpoint(path, state)
+
+
+def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
+    _, state = _state()
+    path = tmp_path / "c.safetensors"
+    engine.save_checkpoint(path, state, config={"n": 1})
+    before = path.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        engine.save_checkpoint(path, state, config={"n": 2})
+    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def _train(data_root, run_dir, max_steps, resume=False):
+    args = ["--arch", "mlp", "--latent-dim", "4", "--epochs", "2", "--batch-size", "256",
+            "--no-compile", "--no-progress", "--max-steps", max_steps]
+    run_cli("experiments.vae", args + (["--resume", run_dir] if resume else ["--run-dir", run_dir]), data_root)
+
+
+N = 380  # steps in all; 234 steps per epoch at batch 256
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    _train(data_root, run_dir, N)
+    return run_dir
+
+
+@pytest.mark.parametrize("k", [100, 234, 300])  # mid-epoch 1, epoch boundary, mid-epoch 2
+def test_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path, straight_run, k):
+    _train(data_root, tmp_path / "split", k)
+    _train(data_root, tmp_path / "split", N, resume=True)
+    a = load_file(str(straight_run / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a), [key for key in a if not torch.equal(a[key], b[key])]
+    assert int(a["step"]) == N
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
