@@ -1,0 +1,116 @@
+"""The experiment scripts end to end on real MNIST: learning, outputs, and one-line errors."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models import build_ae, build_vae
+from tests.conftest import ROOT, run_cli
+
+FAST = ["--no-compile", "--no-progress", "--batch-size", "256"]
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_vae_learns_and_writes_its_run_directory(data_root, tmp_path):
+    run = tmp_path / "vae"
+    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--epochs", "2", "--run-dir", run,
+                                "--target-loss", "135"], data_root)
+    r1, r2 = _records(run)
+    assert r2["train_loss"] < r1["train_loss"] and r2["test_loss"] < r1["test_loss"] < 160
+    assert r2["test_neg_elbo"] == pytest.approx(r2["test_recon"] + r2["test_kl"], rel=1e-5)
+    assert {"epoch_time_s", "samples_per_s", "train_kl", "test_mse", "step"} <= r2.keys()
+    for name in ("loss.png", "kl.png", "reconstructions.png", "samples.png"):
+        assert _is_png(run / name), name
+    assert json.loads((run / "config.json").read_text())["arch"] == "mlp"
+    build_vae("mlp", 20).load_state_dict(load_file(str(run / "model.safetensors")), strict=True)
+
+
+def test_ae_learns_and_misses_an_impossible_target(data_root, tmp_path):
+    run = tmp_path / "ae"
+    proc = run_cli("experiments.ae", [*FAST, "--arch", "mlp", "--latent-dim", "8", "--epochs", "2",
+                                      "--run-dir", run, "--target-loss", "1"], data_root, expect=1)
+    assert "above --target-loss" in proc.stderr
+    r1, r2 = _records(run)
+    assert r2["test_bce"] < r1["test_bce"] and r2["test_mse"] < 0.05
+    assert _is_png(run / "loss.png") and _is_png(run / "reconstructions.png")
+    build_ae("mlp", 8).load_state_dict(load_file(str(run / "model.safetensors")), strict=True)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_runs_on_cpu(data_root, tmp_path, precision):
+    run = tmp_path / precision
+    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--max-steps", "20", "--precision", precision,
+                                "--run-dir", run], data_root)
+    state = load_file(str(run / "checkpoint.safetensors"))
+    assert int(state["step"]) == 20 and all(torch.isfinite(v).all() for k, v in state.items()
+                                            if k.startswith("params/"))
+    assert ("scaler/scale" in state) == (precision == "fp16")
+
+
+def _one_error_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--arch", "resnet"], "invalid choice"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--bogus"], "unrecognized arguments"),
+    (["--batch-size", "100000"], "exceeds the 60000 training images"),
+    (["--resume", "/nonexistent/run"], "holds no checkpoint"),
+])
+def test_bad_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
+    proc = run_cli("experiments.vae", [*FAST, "--run-dir", tmp_path / "r", *args], data_root, expect=2)
+    assert words in _one_error_line(proc)
+
+
+def test_missing_data_ends_in_one_line_naming_data_dir(tmp_path):
+    proc = run_cli("experiments.vae", [*FAST, "--run-dir", tmp_path / "r"], tmp_path / "empty", expect=2)
+    line = _one_error_line(proc)
+    assert "DATA_DIR" in line and "train-images-idx3-ubyte" in line
+
+
+def test_existing_runs_are_never_overwritten(data_root, tmp_path):
+    run = tmp_path / "r"
+    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--max-steps", "5", "--run-dir", run], data_root)
+    before = (run / "checkpoint.safetensors").read_bytes()
+    proc = run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--run-dir", run], data_root, expect=2)
+    assert "already holds a run" in _one_error_line(proc)
+    proc = run_cli("experiments.vae", [*FAST, "--latent-dim", "3", "--resume", run], data_root, expect=2)
+    assert "differs from the run's" in _one_error_line(proc)
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_sigint_checkpoints_and_exits_130(data_root, tmp_path):
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "experiments.vae", *FAST, "--arch", "mlp", "--batch-size", "512",
+           "--epochs", "50", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**__import__("os").environ, "DATA_DIR": str(data_root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # wait for epoch 1
+        time.sleep(0.2)
+    time.sleep(1.0)  # into epoch 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in out
+    state = load_file(str(run / "checkpoint.safetensors"))
+    assert int(state["step"]) >= 117  # epoch 1 is 117 steps at batch 512
+    run_cli("experiments.vae", ["--no-progress", "--epochs", "2", "--resume", run], data_root)
+    assert [r["epoch"] for r in _records(run)] == [1, 2]
