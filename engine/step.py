@@ -14,8 +14,9 @@ LossFn = Callable[[dict, dict, dict], tuple[torch.Tensor, Aux]]
 
 
 def default_compile(device_type: str) -> bool:
-    """Compile by default on CUDA; on CPU eager measured faster for these small models (see README)."""
-    return device_type == "cuda"
+    """Compile by default on CUDA, and on CPU too: on 2 CPU cores the compiled mlp VAE step measured
+    1.8x the eager one and the conv VAE 1.08x (README, Performance); the first step pays ~20 s."""
+    return device_type in ("cuda", "cpu")
 
 
 def _select(keep_old: torch.Tensor, old, new):

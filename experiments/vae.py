@@ -26,8 +26,8 @@ def save_plots(run: Run, model, state, records) -> None:
     """loss.png, kl.png, reconstructions.png and samples.png in the run directory."""
     cfg, tag = run.config, f"VAE {run.config.arch} z={run.config.latent_dim} on {run.config.dataset}"
     plot_curves(records, [("negative ELBO (nats/image)", "neg_elbo")], run.run_dir / "loss.png", tag)
-    plot_curves(records, [("reconstruction -log p(x|z) (nats)", "recon"), ("KL(q(z|x) || p(z)) (nats)", "kl")],
-                run.run_dir / "kl.png", tag)
+    panels = [("reconstruction -log p(x|z) (nats)", "recon"), ("KL(q(z|x) || p(z)) (nats)", "kl")]
+    plot_curves(records, panels, run.run_dir / "kl.png", tag)
     engine.load_into(model, state.params, state.buffers)
     with torch.no_grad():
         x = engine.data.to_unit(run.test.images[:16])  # (16, 1, 28, 28)

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -42,7 +43,8 @@ def test_params_and_buffers_load_into_a_plain_module(tmp_path):
     engine.save_checkpoint(tmp_path / "c.safetensors", state)
     tensors = load_file(str(tmp_path / "c.safetensors"))
     plain = build_vae("conv", 4)
-    weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(("params/", "buffers/"))}
+    prefixes = ("params/", "buffers/")
+    weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(prefixes)}
     plain.load_state_dict(weights, strict=True)
     save_weights(tmp_path / "model.safetensors", state.params, state.buffers)
     fresh = build_vae("conv", 4)
@@ -89,7 +91,8 @@ def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
 def _train(data_root, run_dir, max_steps, resume=False):
     args = ["--arch", "mlp", "--latent-dim", "4", "--epochs", "2", "--batch-size", "256",
             "--no-compile", "--no-progress", "--max-steps", max_steps]
-    run_cli("experiments.vae", args + (["--resume", run_dir] if resume else ["--run-dir", run_dir]), data_root)
+    args += ["--resume", run_dir] if resume else ["--run-dir", run_dir]
+    run_cli("experiments.vae", args, data_root)
 
 
 N = 380  # steps in all; 234 steps per epoch at batch 256
@@ -109,7 +112,8 @@ def test_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path, straight_
     a = load_file(str(straight_run / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[key], b[key]) for key in a), [key for key in a if not torch.equal(a[key], b[key])]
+    differing = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not differing, differing
     assert int(a["step"]) == N
     records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]

@@ -53,7 +53,8 @@ def test_reconstruction_errors():
     p = torch.sigmoid(logits)
     want_bce = F.binary_cross_entropy(p, x, reduction="none").flatten(1).sum(1)
     torch.testing.assert_close(bernoulli_nll(logits, x), want_bce, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(squared_error(logits, x), F.mse_loss(p, x, reduction="none").flatten(1).mean(1))
+    want_mse = F.mse_loss(p, x, reduction="none").flatten(1).mean(1)
+    torch.testing.assert_close(squared_error(logits, x), want_mse)
     loss, metrics = reconstruction_loss(logits, x, "mse")
     torch.testing.assert_close(loss, F.mse_loss(p, x))
     assert metrics.keys() == {"bce", "mse"}
@@ -63,7 +64,8 @@ def test_reconstruction_errors():
 def test_losses_stay_finite_for_extreme_low_precision_logits(dtype):
     x = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).view(1, 1, 2, 2)
     logits = torch.tensor([[200.0, -200.0, 60000.0, -60000.0]], dtype=dtype).view(1, 1, 2, 2)
-    mu, logvar = torch.full((1, 2), 100.0, dtype=dtype), torch.full((1, 2), 30.0, dtype=dtype).clamp(-30, 20)
+    mu = torch.full((1, 2), 100.0, dtype=dtype)
+    logvar = torch.full((1, 2), 30.0, dtype=dtype).clamp(-30, 20)
     loss, metrics = elbo(logits, x, mu, logvar)
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
     assert metrics["recon"].item() == pytest.approx(2 * 200 + 2 * 60000, rel=1e-2)  # confidently wrong

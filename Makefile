@@ -1,0 +1,34 @@
+# purestep: `make train-vae` sets everything up on a fresh machine; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup train-ae train-vae test lint bench clean-runs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies
+
+train-ae: setup  ## train an auto-encoder (flags: make train-ae ARGS="--arch mlp --epochs 5")
+	$(PY) -m experiments.ae $(ARGS)
+
+train-vae: setup  ## train a VAE (flags: make train-vae ARGS="--arch mlp --latent-dim 2")
+	$(PY) -m experiments.vae $(ARGS)
+
+test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
+	$(PY) -m pytest -q tests $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check engine models losses experiments tests bench
+
+bench: setup  ## throughput suite; JSON and a markdown table land in bench/results/
+	$(PY) -m pytest bench -q -p no:cacheprovider --benchmark-json=bench/results/latest.json $(ARGS)
+
+clean-runs:
+	rm -rf runs
