@@ -28,12 +28,14 @@ class RunConfig:
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
     lr: float = option(1e-3, "Adam learning rate")
+    binarize: str = option("none", "dynamic: a fresh Bernoulli draw of every pixel each time an image is "
+                           "used (the test set binarised once, fixed seed)", ("none", "dynamic"))
     precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
     compile: bool = option(True, "wrap the whole train step in torch.compile")
     donate: bool = option(True, "let the step overwrite the previous state's storage")
     device: str = option("auto", "where tensors live", choices=("auto", "cpu", "cuda"))
     seed: int = option(0, "seed of the weights, the data order and the noise")
-    run_dir: str = option("", "output folder (default: runs/<experiment>-<dataset>-<arch>-z<dim>)")
+    run_dir: str = option("", "output folder; empty: runs/<experiment>-<dataset>-<arch>-z<dim>")
     resume: bool = option(False, "continue the run in --run-dir (or --resume DIR) from its checkpoint")
     max_steps: int = option(0, "stop after this many steps in total (0: run every epoch)")
     download: bool = option(False, "try torchvision's downloader when data files are missing")
@@ -62,12 +64,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(cls, prog: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field; unset flags stay absent."""
-    parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS,
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=prog, argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
-        helptext = f"{f.metadata.get('help', '')} (default: {f.default})"
+        helptext = f"{f.metadata.get('help', '')} (default: {f.default!r})"
         if f.name == "resume":
             parser.add_argument(flag, nargs="?", const=True, metavar="RUN_DIR", help=helptext)
         elif kind is bool:

@@ -64,10 +64,22 @@ class Loader:
         self.gen.set_state(state["rng"].cpu() if self.device.type == "cpu" else state["rng"])
 
 
+def fixed_images(data: Dataset, seed: int, dynamic_binarize=False) -> torch.Tensor:
+    """The whole split as (N, 1, H, W) floats in [0, 1], binarised once with `seed` when asked:
+    the evaluation set, identical for every model evaluated on it."""
+    x = to_unit(data.images)
+    if dynamic_binarize:
+        x = binarize(x, torch.Generator(device=x.device).manual_seed(seed))
+    return x
+
+
 def eval_batches(data: Dataset, batch_size: int, seed: int, noise=None, dynamic_binarize=False):
-    """Test batches in order (last one may be short); noise and binarisation from a fixed seed,
-    so every evaluation of a run sees the same binarised test set and the same draws."""
-    gen = torch.Generator(device=data.images.device).manual_seed(seed)
-    for start in range(0, len(data.images), batch_size):
-        sl = slice(start, start + batch_size)
-        yield _make_batch(data.images[sl], data.labels[sl], gen, dict(noise or {}), dynamic_binarize)
+    """Test batches in order (the last one may be short) over fixed_images(data, seed); noise from
+    its own generator seeded with seed + 1, so every evaluation sees the same images and draws."""
+    images = fixed_images(data, seed, dynamic_binarize)
+    gen = torch.Generator(device=images.device).manual_seed(seed + 1)
+    for start in range(0, len(images), batch_size):
+        batch = {"x": images[start : start + batch_size], "y": data.labels[start : start + batch_size]}
+        for name, shape in (noise or {}).items():
+            batch[name] = torch.randn((len(batch["x"]), *shape), generator=gen, device=images.device)
+        yield batch

@@ -108,8 +108,7 @@ def fit(
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 checkpoint(state)
-                if progress:
-                    tqdm.write(_summary(record))
+                tqdm.write(_summary(record))
                 if on_epoch_end is not None:
                     on_epoch_end(state, record)
             else:  # stopped inside the epoch: the checkpoint keeps the cursor

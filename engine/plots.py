@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -22,6 +23,7 @@ def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, title:
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, markersize=3, label=split)
         ax.set(xlabel="epoch", ylabel=label, title=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

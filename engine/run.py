@@ -21,6 +21,7 @@ from engine.state import init_state
 from engine.step import make_eval_step
 
 EVAL_BATCH = 1000
+TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same for every run
 
 
 def main_guard(main):
@@ -56,8 +57,10 @@ class Run:
     test: Dataset
 
     @classmethod
-    def start(cls, config_cls, argv, experiment: str, name_fields=("arch", "latent_dim")) -> Run:
-        """Parse flags, pick/restore the run directory and config, seed, and load the data."""
+    def start(cls, config_cls, argv, experiment: str, tag=lambda c: f"{c.arch}-z{c.latent_dim}") -> Run:
+        """Parse flags, pick/restore the run directory and config, seed, and load the data.
+
+        The default run directory is runs/<experiment>-<dataset>-<tag(config)>."""
         cfg, given = parse_config(config_cls, argv, prog=f"python -m experiments.{experiment}")
         if cfg.resume:
             saved_path = Path(cfg.run_dir) / "config.json"
@@ -67,8 +70,8 @@ class Run:
             cfg = merge_resumed(config_cls, json.loads(saved_path.read_text()), explicit)
         else:
             if not cfg.run_dir:
-                parts = [experiment, cfg.dataset] + [f"{k[0]}{getattr(cfg, k)}" for k in name_fields]
-                cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / "-".join(parts)))
+                name = f"{experiment}-{cfg.dataset}-{tag(cfg)}"
+                cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
             if (Path(cfg.run_dir) / CHECKPOINT).exists():
                 raise UsageError(f"{cfg.run_dir} already holds a run: add --resume to continue it, "
                                  "or pick another --run-dir")
@@ -86,19 +89,24 @@ class Run:
         scaler = scaler_init(self.device) if self.config.precision == "fp16" else None
         return init_state(model, optimizer, scaler)
 
-    def loader(self, noise=None, dynamic_binarize=False) -> Loader:
+    @property
+    def dynamic_binarize(self) -> bool:
+        return self.config.binarize == "dynamic"
+
+    def loader(self, noise=None) -> Loader:
         try:
-            return Loader(self.train, self.config.batch_size, self.config.seed, noise, dynamic_binarize)
+            return Loader(self.train, self.config.batch_size, self.config.seed, noise, self.dynamic_binarize)
         except ValueError as e:
             raise UsageError(str(e)) from None
 
-    def evaluator(self, loss_fn, noise=None, dynamic_binarize=False):
+    def evaluator(self, loss_fn, noise=None):
         """evaluate(state) -> test-set means of the loss and its metrics (fixed noise each time)."""
         eval_step = make_eval_step(loss_fn, precision=self.config.precision)
 
         def evaluate(state) -> dict[str, float]:
             totals, n = None, 0
-            for batch in eval_batches(self.test, EVAL_BATCH, self.config.seed + 1, noise, dynamic_binarize):
+            batches = eval_batches(self.test, EVAL_BATCH, TEST_SEED, noise, self.dynamic_binarize)
+            for batch in batches:
                 metrics = eval_step(state, batch)
                 values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
                 totals, n = (values if totals is None else totals + values), n + len(batch["x"])

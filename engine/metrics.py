@@ -1,0 +1,93 @@
+"""Evaluation metrics on tensors: likelihood bounds, latent-space structure, and a PCA baseline."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from engine.optim import adam
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """log (1/k) sum_i w_i per row of (N, k) log importance weights: the IWAE lower bound on log p(x)."""
+    return torch.logsumexp(log_weights, dim=1) - math.log(log_weights.shape[1])
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Burda et al. (2015): latent dims whose posterior mean varies over the data, Var_x E[z|x] > 0.01."""
+    return int((mu.float().var(dim=0) > threshold).sum())
+
+
+def _pairwise_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a.float(), b.float()).square()  # (A, B)
+
+
+def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 5, chunk: int = 1000) -> float:
+    """Accuracy of a k-nearest-neighbour majority vote (Euclidean) fit on train, scored on test."""
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for start in range(0, len(test_z), chunk):  # (chunk, N_train) distances at a time: bounded memory
+        d = torch.cdist(test_z[start : start + chunk].float(), train_z.float())
+        idx = d.topk(k, dim=1, largest=False).indices  # (chunk, k)
+        votes = F.one_hot(train_y[idx], n_classes).sum(1)  # (chunk, classes)
+        correct += int((votes.argmax(1) == test_y[start : start + chunk]).sum())
+    return correct / len(test_z)
+
+
+def linear_probe_accuracy(train_z, train_y, test_z, test_y, steps: int = 500, lr: float = 0.05) -> float:
+    """Multinomial logistic regression on standardised codes (full-batch Adam), test accuracy."""
+    mean, std = train_z.float().mean(0), train_z.float().std(0).clamp_min(1e-6)
+    xtr, xte = (train_z.float() - mean) / std, (test_z.float() - mean) / std
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    params = {"w": torch.zeros(xtr.shape[1], n_classes, device=xtr.device),
+              "b": torch.zeros(n_classes, device=xtr.device)}
+    opt = adam(lr)
+    state = opt.init(params)
+
+    def loss(p):
+        return F.cross_entropy(xtr @ p["w"] + p["b"], train_y)
+
+    for _ in range(steps):
+        params, state = opt.update(torch.func.grad(loss)(params), state, params, inplace=True)
+    pred = (xte @ params["w"] + params["b"]).argmax(1)
+    return float((pred == test_y).float().mean())
+
+
+def silhouette_score(z: torch.Tensor, labels: torch.Tensor, max_n: int = 5000, seed: int = 0) -> float:
+    """Mean silhouette (Rousseeuw 1987) by class; on a fixed random subset of max_n points if larger."""
+    if len(z) > max_n:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        keep = torch.randperm(len(z), generator=g)[:max_n].to(z.device)
+        z, labels = z[keep], labels[keep]
+    d = torch.cdist(z.float(), z.float())  # (n, n)
+    classes, index = labels.unique(return_inverse=True)  # index: (n,) class of each point
+    onehot = F.one_hot(index, len(classes)).float()  # (n, C)
+    sums = d @ onehot  # (n, C): summed distance from each point to each class
+    counts = onehot.sum(0)  # (C,)
+    own = counts[index]  # (n,) size of each point's class
+    a = sums.gather(1, index[:, None])[:, 0] / (own - 1).clamp_min(1)  # mean distance within its class
+    b = (sums / counts).masked_fill(onehot.bool(), float("inf")).min(1).values  # nearest other class
+    s = (b - a) / torch.maximum(a, b).clamp_min(1e-12)
+    return float(torch.where(own > 1, s, 0.0).mean())  # a singleton's silhouette is 0, as in sklearn
+
+
+def pca_fit(x: torch.Tensor, k: int):
+    """(mean (D,), components (k, D)) of flattened data x (N, D), from torch.linalg.svd."""
+    x = x.float().flatten(1)
+    mean = x.mean(0)
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, vh[:k]
+
+
+def pca_project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+    """Codes of x in the PCA basis: (N, D) -> (N, k)."""
+    return (x.float().flatten(1) - mean) @ components.T
+
+
+def pca_reconstruction_mse(train_x, test_x, k: int) -> float:
+    """Per-pixel MSE on test of the rank-k PCA fit on train: the linear baseline for a k-dim code."""
+    mean, comps = pca_fit(train_x, k)
+    recon = pca_project(test_x, mean, comps) @ comps + mean
+    return float((recon - test_x.float().flatten(1)).square().mean())
