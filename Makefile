@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train-ae train-vae test lint bench clean-runs
+.PHONY: setup train-ae train-vae eval compare-ae-vae test lint bench clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ train-ae: setup  ## train an auto-encoder (flags: make train-ae ARGS="--arch mlp
 
 train-vae: setup  ## train a VAE (flags: make train-vae ARGS="--arch mlp --latent-dim 2")
 	$(PY) -m experiments.vae $(ARGS)
+
+eval: setup  ## evaluate a finished AE/VAE run and write RUN/report.md (make eval RUN=runs/...)
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [ARGS=--iwae-k 1000]"; exit 2; }
+	$(PY) -m experiments.evaluate $(RUN) $(ARGS)
+
+compare-ae-vae: setup  ## train (or reuse) an AE and a VAE alike, evaluate both, write report.md
+	$(PY) -m experiments.compare $(ARGS)
 
 test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
 	$(PY) -m pytest -q tests $(ARGS)

@@ -44,13 +44,19 @@ def pytest_terminal_summary(terminalreporter):
     if not ROWS:
         return
     peers = {(r["device"], r["batch"]): r["samples_per_s"] for r in ROWS if r["case"].startswith("peer")}
-    lines = [f"Machine: {machine()}", "",
-             "| case | device | batch | samples/s | ms/step | vs peer |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        "| case | device | batch | samples/s | ms/step | vs peer |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in ROWS:
         peer = peers.get((r["device"], r["batch"]))
         ratio = f"{r['samples_per_s'] / peer:.2f}x" if peer and not r["case"].startswith("peer") else ""
-        lines.append(f"| {r['case']} | {r['device']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
-                     f"{r['ms_per_step']:.3f} | {ratio} |")
+        lines.append(
+            f"| {r['case']} | {r['device']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
+            f"{r['ms_per_step']:.3f} | {ratio} |"
+        )
     skipped = [rep.nodeid for rep in terminalreporter.stats.get("skipped", [])]
     if skipped:
         lines += ["", f"Skipped (no GPU here): {len(skipped)} cases"]

@@ -25,8 +25,13 @@ def _sync(device):
 
 def _record(benchmark, case, device, batch):
     ms = benchmark.stats.stats.median / STEPS * 1e3
-    row = {"case": case, "device": device, "batch": batch, "ms_per_step": ms,
-           "samples_per_s": batch / ms * 1e3}
+    row = {
+        "case": case,
+        "device": device,
+        "batch": batch,
+        "ms_per_step": ms,
+        "samples_per_s": batch / ms * 1e3,
+    }
     benchmark.extra_info.update(row)
     ROWS.append(row)
 
@@ -91,8 +96,9 @@ def test_peer_classic_loop(benchmark, device, batch):
     from torchvision import datasets, transforms
 
     torch.manual_seed(0)
-    ds = datasets.MNIST(os.environ.get("DATA_DIR", "data"), train=True, download=False,
-                        transform=transforms.ToTensor())
+    ds = datasets.MNIST(
+        os.environ.get("DATA_DIR", "data"), train=True, download=False, transform=transforms.ToTensor()
+    )
     kwargs = {"num_workers": 1, "pin_memory": True} if device == "cuda" else {}
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, **kwargs)
     model = ClassicVAE().to(device)

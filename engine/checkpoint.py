@@ -76,11 +76,10 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
         if got is None or got.shape != ref.shape or got.dtype != ref.dtype:
             found = "missing" if got is None else f"{tuple(got.shape)} {got.dtype}"
             raise CheckpointError(
-                f"{path} does not fit this model: {key} is {found}, "
-                f"expected {tuple(ref.shape)} {ref.dtype}"
+                f"{path} does not fit this model: {key} is {found}, expected {tuple(ref.shape)} {ref.dtype}"
             )
     state = unflatten_state(flat, template)
-    extra = {k[len("extra/"):]: v for k, v in flat.items() if k.startswith("extra/")}
+    extra = {k[len("extra/") :]: v for k, v in flat.items() if k.startswith("extra/")}
     if extra_template is not None:
         extra = unflatten_state(extra, extra_template)
     return state, extra, meta

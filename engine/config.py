@@ -28,8 +28,12 @@ class RunConfig:
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
     lr: float = option(1e-3, "Adam learning rate")
-    binarize: str = option("none", "dynamic: a fresh Bernoulli draw of every pixel each time an image is "
-                           "used (the test set binarised once, fixed seed)", ("none", "dynamic"))
+    binarize: str = option(
+        "none",
+        "dynamic: a fresh Bernoulli draw of every pixel each time an image is "
+        "used (the test set binarised once, fixed seed)",
+        ("none", "dynamic"),
+    )
     precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
     compile: bool = option(True, "wrap the whole train step in torch.compile")
     donate: bool = option(True, "let the step overwrite the previous state's storage")
@@ -87,8 +91,18 @@ def parse_config(cls, argv=None, prog="purestep"):
 
 
 # Flags a resumed run may change; every other flag must match the saved config.
-RESUMABLE = ("epochs", "max_steps", "progress", "resume", "run_dir", "compile", "donate",
-             "target_loss", "device", "download")
+RESUMABLE = (
+    "epochs",
+    "max_steps",
+    "progress",
+    "resume",
+    "run_dir",
+    "compile",
+    "donate",
+    "target_loss",
+    "device",
+    "download",
+)
 
 
 def merge_resumed(cls, saved: dict, given: dict):
@@ -99,6 +113,8 @@ def merge_resumed(cls, saved: dict, given: dict):
         raise UsageError(f"the saved config has fields this experiment lacks: {', '.join(sorted(unknown))}")
     for key, value in given.items():
         if key not in RESUMABLE and saved.get(key) != value:
-            raise UsageError(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)};"
-                             " start a new --run-dir instead")
+            raise UsageError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)};"
+                " start a new --run-dir instead"
+            )
     return cls(**{**saved, **given})

@@ -45,8 +45,9 @@ class Loader:
         perm = epoch_permutation(len(self.data.images), self.seed, epoch, self.device)
         for i in range(start, self.steps_per_epoch):
             idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
-            batch = _make_batch(self.data.images[idx], self.data.labels[idx], self.gen,
-                                self.noise, self.dynamic_binarize)
+            batch = _make_batch(
+                self.data.images[idx], self.data.labels[idx], self.gen, self.noise, self.dynamic_binarize
+            )
             last = i + 1 == self.steps_per_epoch
             self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, i + 1)
             yield batch

@@ -54,7 +54,7 @@ def _mean_metrics(history: list[dict], prefix: str) -> dict[str, float]:
 def resume_state(run_dir, state, loader: Loader):
     """Load the run's checkpoint into (state, loader); returns the state."""
     state, extra, _ = load_checkpoint(Path(run_dir) / CHECKPOINT, state, device=state.step.device)
-    loader.load_state_dict({k[len("loader/"):]: v for k, v in extra.items() if k.startswith("loader/")})
+    loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
     return state
 
 
@@ -88,8 +88,14 @@ def fit(
     with _StopFlag() as stop:
         while loader.epoch < epochs and not (max_steps and done >= max_steps):
             epoch, history, t0 = loader.epoch, [], time.perf_counter()
-            bar = tqdm(total=spe, initial=loader.batch, desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not progress, dynamic_ncols=True, leave=False)
+            bar = tqdm(
+                total=spe,
+                initial=loader.batch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not progress,
+                dynamic_ncols=True,
+                leave=False,
+            )
             for batch in loader:
                 state, metrics = step(state, batch)
                 history.append(metrics)
@@ -103,8 +109,9 @@ def fit(
                     break
             bar.close()
             if loader.epoch > epoch:  # the epoch is complete: evaluate, record, checkpoint
-                record = _epoch_record(epoch, done, history, time.perf_counter() - t0,
-                                       loader.batch_size, evaluate, state)
+                record = _epoch_record(
+                    epoch, done, history, time.perf_counter() - t0, loader.batch_size, evaluate, state
+                )
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 checkpoint(state)
@@ -115,8 +122,10 @@ def fit(
                 checkpoint(state)
             if stop.signum is not None:
                 code = 130 if stop.signum == signal.SIGINT else 143
-                print(f"interrupted at step {done}; checkpoint saved in {run_dir}; "
-                      f"continue with --resume {run_dir}")
+                print(
+                    f"interrupted at step {done}; checkpoint saved in {run_dir}; "
+                    f"continue with --resume {run_dir}"
+                )
                 raise Interrupted(code)
     return state
 

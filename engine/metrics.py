@@ -41,8 +41,10 @@ def linear_probe_accuracy(train_z, train_y, test_z, test_y, steps: int = 500, lr
     mean, std = train_z.float().mean(0), train_z.float().std(0).clamp_min(1e-6)
     xtr, xte = (train_z.float() - mean) / std, (test_z.float() - mean) / std
     n_classes = int(max(train_y.max(), test_y.max())) + 1
-    params = {"w": torch.zeros(xtr.shape[1], n_classes, device=xtr.device),
-              "b": torch.zeros(n_classes, device=xtr.device)}
+    params = {
+        "w": torch.zeros(xtr.shape[1], n_classes, device=xtr.device),
+        "b": torch.zeros(n_classes, device=xtr.device),
+    }
     opt = adam(lr)
     state = opt.init(params)
 

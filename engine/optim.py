@@ -24,6 +24,25 @@ class Optimizer(NamedTuple):
     update: Callable[..., tuple[Tensors, Any]]
 
 
+class _ListOps:
+    """ops.NAME(list, ...): torch._foreach_NAME (one multi-tensor call), or, with foreach=False, the
+    same per-tensor op in a loop; torch.func.vmap (sweeps) has no batching rules for foreach kernels."""
+
+    def __init__(self, foreach: bool):
+        self.foreach = foreach
+
+    def __getattr__(self, name):
+        if self.foreach:
+            return getattr(torch, f"_foreach_{name}")
+
+        def loop(xs, *args, **kwargs):
+            per = [a if isinstance(a, list) else [a] * len(xs) for a in args]
+            out = [getattr(x, name)(*(a[i] for a in per), **kwargs) for i, x in enumerate(xs)]
+            return None if name.endswith("_") else out
+
+        return loop
+
+
 def _owned(tensors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
     """The tensors to write into: the inputs themselves when donating, fresh copies otherwise."""
     return tensors if inplace else [t.clone() for t in tensors]
@@ -44,9 +63,10 @@ def adam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     decoupled: bool = False,
+    foreach: bool = True,
 ) -> Optimizer:
     """Adam (Kingma & Ba), matching torch.optim.Adam; decoupled=True gives AdamW."""
-    lr_fn = as_schedule(lr)
+    lr_fn, ops = as_schedule(lr), _ListOps(foreach)
 
     def init(params: Tensors) -> dict:
         return {"count": _count(params), "mu": _zeros_like(params), "nu": _zeros_like(params)}
@@ -61,29 +81,29 @@ def adam(
         count = opt["count"] + 1
         t = count.to(torch.float64)
         if weight_decay and not decoupled:
-            g = torch._foreach_add(g, p, alpha=weight_decay)
+            g = ops.add(g, p, alpha=weight_decay)
         if weight_decay and decoupled:
-            torch._foreach_mul_(p, (1 - lr_t * weight_decay).float())
-        torch._foreach_lerp_(m, g, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+            ops.mul_(p, (1 - lr_t * weight_decay).float())
+        ops.lerp_(m, g, 1 - b1)
+        ops.mul_(v, b2)
+        ops.addcmul_(v, g, g, value=1 - b2)
         # Same operation order as torch.optim.Adam(foreach=True), so rounding agrees too.
         neg_step_size = (-lr_t / (1 - b1**t)).float()
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, torch.sqrt(1 - b2**t).float())
-        torch._foreach_add_(denom, eps)
-        delta = torch._foreach_mul(m, neg_step_size)  # p + (-step * m) / denom, as addcdiv does
-        torch._foreach_div_(delta, denom)
-        torch._foreach_add_(p, delta)
+        denom = ops.sqrt(v)
+        ops.div_(denom, torch.sqrt(1 - b2**t).float())
+        ops.add_(denom, eps)
+        delta = ops.mul(m, neg_step_size)  # p + (-step * m) / denom, as addcdiv does
+        ops.div_(delta, denom)
+        ops.add_(p, delta)
         new_opt = {"count": count, "mu": dict(zip(keys, m)), "nu": dict(zip(keys, v))}
         return dict(zip(keys, p)), new_opt
 
     return Optimizer(init, update)
 
 
-def adamw(lr: float | Schedule = 1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> Optimizer:
+def adamw(lr: float | Schedule = 1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, foreach=True):
     """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, matching torch.optim.AdamW."""
-    return adam(lr, b1, b2, eps, weight_decay, decoupled=True)
+    return adam(lr, b1, b2, eps, weight_decay, decoupled=True, foreach=foreach)
 
 
 def sgd(
@@ -91,11 +111,12 @@ def sgd(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    foreach: bool = True,
 ) -> Optimizer:
     """SGD with optional (Nesterov) momentum, matching torch.optim.SGD with dampening=0."""
     if nesterov and momentum <= 0:
         raise ValueError("nesterov momentum needs momentum > 0")
-    lr_fn = as_schedule(lr)
+    lr_fn, ops = as_schedule(lr), _ListOps(foreach)
 
     def init(params: Tensors) -> dict:
         opt = {"count": _count(params)}
@@ -110,16 +131,35 @@ def sgd(
         lr_t = lr_fn(opt["count"]).float()
         new_opt = {"count": opt["count"] + 1}
         if weight_decay:
-            g = torch._foreach_add(g, p, alpha=weight_decay)
+            g = ops.add(g, p, alpha=weight_decay)
         if momentum:
             # A zero-initialised buffer makes the first step buf = g, as torch.optim.SGD does.
             buf = _owned([opt["momentum"][k] for k in keys], inplace)
-            torch._foreach_mul_(buf, momentum)
-            torch._foreach_add_(buf, g)
-            g = torch._foreach_add(g, buf, alpha=momentum) if nesterov else buf
+            ops.mul_(buf, momentum)
+            ops.add_(buf, g)
+            g = ops.add(g, buf, alpha=momentum) if nesterov else buf
             new_opt["momentum"] = dict(zip(keys, buf))
-        delta = torch._foreach_mul(g, lr_t)
-        torch._foreach_sub_(p, delta)
+        delta = ops.mul(g, lr_t)
+        ops.sub_(p, delta)
         return dict(zip(keys, p)), new_opt
+
+    return Optimizer(init, update)
+
+
+def with_hyperparams(factory: Callable[..., Optimizer], **hyper: float) -> Optimizer:
+    """factory(**hyper), with those hyperparameters kept as tensors in the optimizer state.
+
+    They can then differ between the copies of a state stacked for torch.func.vmap (a sweep over
+    learning rates trains as one step) or be changed mid-run without recompiling.
+    """
+
+    def init(params: Tensors) -> dict:
+        device = next(iter(params.values())).device
+        tensors = {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in hyper.items()}
+        return {"hyper": tensors, "inner": factory(**hyper).init(params)}
+
+    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
+        params, inner = factory(**opt["hyper"]).update(grads, opt["inner"], params, inplace)
+        return params, {"hyper": opt["hyper"], "inner": inner}
 
     return Optimizer(init, update)

@@ -67,17 +67,23 @@ class Run:
             if not (Path(cfg.run_dir) / CHECKPOINT).exists() or not saved_path.exists():
                 raise UsageError(f"--resume: {cfg.run_dir} holds no checkpoint.safetensors/config.json")
             explicit = {k: getattr(cfg, k) for k in given}
-            cfg = merge_resumed(config_cls, json.loads(saved_path.read_text()), explicit)
+            saved = json.loads(saved_path.read_text())
+            if saved.pop("experiment", experiment) != experiment:
+                raise UsageError(f"{cfg.run_dir} is not a {experiment} run")
+            cfg = merge_resumed(config_cls, saved, explicit)
         else:
             if not cfg.run_dir:
                 name = f"{experiment}-{cfg.dataset}-{tag(cfg)}"
                 cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
             if (Path(cfg.run_dir) / CHECKPOINT).exists():
-                raise UsageError(f"{cfg.run_dir} already holds a run: add --resume to continue it, "
-                                 "or pick another --run-dir")
+                raise UsageError(
+                    f"{cfg.run_dir} already holds a run: add --resume to continue it, "
+                    "or pick another --run-dir"
+                )
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        saved = {"experiment": experiment, **dataclasses.asdict(cfg)}
+        (run_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # weight initialisation
         train = load_dataset(cfg.dataset, "train", device=device, download=cfg.download)
@@ -120,9 +126,18 @@ class Run:
         if cfg.resume:
             state = resume_state(self.run_dir, state, loader)
             print(f"resuming {self.run_dir} at epoch {loader.epoch + 1}, batch {loader.batch}")
-        return fit(step, state, loader, epochs=cfg.epochs, run_dir=self.run_dir, evaluate=evaluate,
-                   config=dataclasses.asdict(cfg), max_steps=cfg.max_steps,
-                   on_epoch_end=on_epoch_end, progress=cfg.progress)
+        return fit(
+            step,
+            state,
+            loader,
+            epochs=cfg.epochs,
+            run_dir=self.run_dir,
+            evaluate=evaluate,
+            config=dataclasses.asdict(cfg),
+            max_steps=cfg.max_steps,
+            on_epoch_end=on_epoch_end,
+            progress=cfg.progress,
+        )
 
     def finish(self, state, evaluate) -> dict[str, float]:
         """Save plain weights, print the final test metrics, and enforce --target-loss."""

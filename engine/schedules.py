@@ -38,6 +38,8 @@ def cosine(lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float =
     return schedule
 
 
-def as_schedule(lr: float | Schedule) -> Schedule:
-    """Accept a float (constant rate) or a schedule."""
+def as_schedule(lr: float | torch.Tensor | Schedule) -> Schedule:
+    """Accept a float or a 0-d tensor (constant rate) or a schedule."""
+    if isinstance(lr, torch.Tensor):
+        return lambda count: lr.to(torch.float64)
     return lr if callable(lr) else constant(float(lr))

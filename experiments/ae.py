@@ -31,8 +31,12 @@ def save_plots(run: Run, model, state, records) -> None:
     with torch.no_grad():
         x = engine.data.to_unit(run.test.images[:16])  # (16, 1, 28, 28)
         recon = torch.sigmoid(model(x)[0])
-    save_image_rows([x, recon], ["test image", "reconstruction"], run.run_dir / "reconstructions.png",
-                    f"{tag}: test images and their reconstructions")
+    save_image_rows(
+        [x, recon],
+        ["test image", "reconstruction"],
+        run.run_dir / "reconstructions.png",
+        f"{tag}: test images and their reconstructions",
+    )
 
 
 @main_guard
@@ -42,11 +46,17 @@ def main(argv=None):
     model = build_ae(cfg.arch, cfg.latent_dim).to(run.device)
     loss_fn = make_ae_loss(model, cfg.loss)
     optimizer = engine.adam(cfg.lr)
-    step = engine.make_train_step(loss_fn, optimizer, precision=cfg.precision,
-                                  compile=cfg.compile, donate=cfg.donate)
+    step = engine.make_train_step(
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
+    )
     evaluate = run.evaluator(loss_fn)
-    state = run.fit(step, run.init_state(model, optimizer), run.loader(), evaluate,
-                    on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)))
+    state = run.fit(
+        step,
+        run.init_state(model, optimizer),
+        run.loader(),
+        evaluate,
+        on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)),
+    )
     return run.finish(state, evaluate)
 
 

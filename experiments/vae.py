@@ -35,8 +35,12 @@ def save_plots(run: Run, model, state, records) -> None:
         g = torch.Generator(device=run.device).manual_seed(cfg.seed)
         z = torch.randn(64, cfg.latent_dim, generator=g, device=run.device)
         samples = torch.sigmoid(model.decode(z))
-    save_image_rows([x, recon], ["test image", "reconstruction"], run.run_dir / "reconstructions.png",
-                    f"{tag}: test images and their reconstructions")
+    save_image_rows(
+        [x, recon],
+        ["test image", "reconstruction"],
+        run.run_dir / "reconstructions.png",
+        f"{tag}: test images and their reconstructions",
+    )
     save_image_grid(samples, run.run_dir / "samples.png", f"{tag}: decoded z ~ N(0, I)")
 
 
@@ -47,12 +51,18 @@ def main(argv=None):
     model = build_vae(cfg.arch, cfg.latent_dim).to(run.device)
     loss_fn = make_elbo_loss(model, beta=cfg.beta, kl_warmup_steps=cfg.kl_warmup)
     optimizer = engine.adam(cfg.lr)
-    step = engine.make_train_step(loss_fn, optimizer, precision=cfg.precision,
-                                  compile=cfg.compile, donate=cfg.donate)
+    step = engine.make_train_step(
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
+    )
     noise = {"eps": (cfg.latent_dim,)}  # reparameterisation noise, drawn by the loader on device
     evaluate = run.evaluator(loss_fn, noise)
-    state = run.fit(step, run.init_state(model, optimizer), run.loader(noise), evaluate,
-                    on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)))
+    state = run.fit(
+        step,
+        run.init_state(model, optimizer),
+        run.loader(noise),
+        evaluate,
+        on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)),
+    )
     return run.finish(state, evaluate)
 
 

@@ -2,7 +2,7 @@
 
 from losses.ae import make_ae_loss, reconstruction_loss
 from losses.reconstruction import bernoulli_nll, squared_error
-from losses.vae import elbo, gaussian_kl, make_elbo_loss
+from losses.vae import elbo, gaussian_kl, log_importance_weights, make_elbo_loss
 
 __all__ = [
     "bernoulli_nll",
@@ -12,4 +12,5 @@ __all__ = [
     "gaussian_kl",
     "elbo",
     "make_elbo_loss",
+    "log_importance_weights",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine.functional import call_module
@@ -43,3 +45,19 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0):
         return loss, Aux(metrics, buffers)
 
     return loss_fn
+
+
+def log_importance_weights(model, x, eps):
+    """log p(x|z) + log p(z) - log q(z|x) for z = mu + sigma * eps: x (B,1,H,W), eps (K,B,Z) -> (B,K).
+
+    The IWAE bound is logmeanexp over K of these (engine.metrics.iwae_bound); K=1 is the ELBO.
+    """
+    mu, logvar = model.encode(x)  # (B, Z) each
+    mu, logvar = mu.float(), logvar.float()
+    z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z)
+    logits = model.decode(z.flatten(0, 1))  # (K*B, 1, H, W)
+    log_px = -bernoulli_nll(logits, x.expand(len(eps), *x.shape).flatten(0, 1)).view(len(eps), -1)
+    log2pi = math.log(2 * math.pi)
+    log_pz = -0.5 * (z.square() + log2pi).sum(-1)  # (K, B)
+    log_qz = -0.5 * (eps.square() + log2pi + logvar).sum(-1)  # (K, B)
+    return (log_px + log_pz - log_qz).T

@@ -21,8 +21,13 @@ def _reference():
     """GradScaler + torch.optim.Adam under CPU fp16 autocast: scales, skips, final params."""
     model, x = _setup()
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    scaler = torch.amp.GradScaler("cpu", init_scale=CFG.init_scale, growth_factor=CFG.growth_factor,
-                                  backoff_factor=CFG.backoff_factor, growth_interval=CFG.growth_interval)
+    scaler = torch.amp.GradScaler(
+        "cpu",
+        init_scale=CFG.init_scale,
+        growth_factor=CFG.growth_factor,
+        backoff_factor=CFG.backoff_factor,
+        growth_interval=CFG.growth_interval,
+    )
     scales, skipped = [], []
     for i in range(16):
         opt.zero_grad()

@@ -89,8 +89,20 @@ def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
 
 
 def _train(data_root, run_dir, max_steps, resume=False):
-    args = ["--arch", "mlp", "--latent-dim", "4", "--epochs", "2", "--batch-size", "256",
-            "--no-compile", "--no-progress", "--max-steps", max_steps]
+    args = [
+        "--arch",
+        "mlp",
+        "--latent-dim",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--no-compile",
+        "--no-progress",
+        "--max-steps",
+        max_steps,
+    ]
     args += ["--resume", run_dir] if resume else ["--run-dir", run_dir]
     run_cli("experiments.vae", args, data_root)
 

@@ -12,8 +12,9 @@ from engine.data import DataError, epoch_permutation, to_unit
 from engine.loader import Loader, eval_batches
 
 
-@pytest.mark.parametrize("name,cls", [("mnist", torchvision.datasets.MNIST),
-                                      ("fashion-mnist", torchvision.datasets.FashionMNIST)])
+@pytest.mark.parametrize(
+    "name,cls", [("mnist", torchvision.datasets.MNIST), ("fashion-mnist", torchvision.datasets.FashionMNIST)]
+)
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_matches_torchvision(data_root, name, cls, split):
     ours = engine.load_dataset(name, split, root=data_root)

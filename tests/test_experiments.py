@@ -26,8 +26,11 @@ def _is_png(path):
 
 def test_vae_learns_and_writes_its_run_directory(data_root, tmp_path):
     run = tmp_path / "vae"
-    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--epochs", "2", "--run-dir", run,
-                                "--target-loss", "135"], data_root)
+    run_cli(
+        "experiments.vae",
+        [*FAST, "--arch", "mlp", "--epochs", "2", "--run-dir", run, "--target-loss", "135"],
+        data_root,
+    )
     r1, r2 = _records(run)
     assert r2["train_loss"] < r1["train_loss"] and r2["test_loss"] < r1["test_loss"] < 160
     assert r2["test_neg_elbo"] == pytest.approx(r2["test_recon"] + r2["test_kl"], rel=1e-5)
@@ -40,8 +43,24 @@ def test_vae_learns_and_writes_its_run_directory(data_root, tmp_path):
 
 def test_ae_learns_and_misses_an_impossible_target(data_root, tmp_path):
     run = tmp_path / "ae"
-    proc = run_cli("experiments.ae", [*FAST, "--arch", "mlp", "--latent-dim", "8", "--epochs", "2",
-                                      "--run-dir", run, "--target-loss", "1"], data_root, expect=1)
+    proc = run_cli(
+        "experiments.ae",
+        [
+            *FAST,
+            "--arch",
+            "mlp",
+            "--latent-dim",
+            "8",
+            "--epochs",
+            "2",
+            "--run-dir",
+            run,
+            "--target-loss",
+            "1",
+        ],
+        data_root,
+        expect=1,
+    )
     assert "above --target-loss" in proc.stderr
     r1, r2 = _records(run)
     assert r2["test_bce"] < r1["test_bce"] and r2["test_mse"] < 0.05
@@ -52,11 +71,15 @@ def test_ae_learns_and_misses_an_impossible_target(data_root, tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_runs_on_cpu(data_root, tmp_path, precision):
     run = tmp_path / precision
-    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--max-steps", "20", "--precision", precision,
-                                "--run-dir", run], data_root)
+    run_cli(
+        "experiments.vae",
+        [*FAST, "--arch", "mlp", "--max-steps", "20", "--precision", precision, "--run-dir", run],
+        data_root,
+    )
     state = load_file(str(run / "checkpoint.safetensors"))
-    assert int(state["step"]) == 20 and all(torch.isfinite(v).all() for k, v in state.items()
-                                            if k.startswith("params/"))
+    assert int(state["step"]) == 20 and all(
+        torch.isfinite(v).all() for k, v in state.items() if k.startswith("params/")
+    )
     assert ("scaler/scale" in state) == (precision == "fp16")
 
 
@@ -66,14 +89,17 @@ def _one_error_line(proc):
     return lines[0]
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--arch", "resnet"], "invalid choice"),
-    (["--lr", "-1"], "--lr must be positive"),
-    (["--bogus"], "unrecognized arguments"),
-    (["--batch-size", "100000"], "exceeds the 60000 training images"),
-    (["--resume", "/nonexistent/run"], "holds no checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--arch", "resnet"], "invalid choice"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--bogus"], "unrecognized arguments"),
+        (["--batch-size", "100000"], "exceeds the 60000 training images"),
+        (["--resume", "/nonexistent/run"], "holds no checkpoint"),
+    ],
+)
 def test_bad_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
     proc = run_cli("experiments.vae", [*FAST, "--run-dir", tmp_path / "r", *args], data_root, expect=2)
     assert words in _one_error_line(proc)
@@ -98,10 +124,28 @@ def test_existing_runs_are_never_overwritten(data_root, tmp_path):
 
 def test_sigint_checkpoints_and_exits_130(data_root, tmp_path):
     run = tmp_path / "r"
-    cmd = [sys.executable, "-m", "experiments.vae", *FAST, "--arch", "mlp", "--batch-size", "512",
-           "--epochs", "50", "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**__import__("os").environ, "DATA_DIR": str(data_root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.vae",
+        *FAST,
+        "--arch",
+        "mlp",
+        "--batch-size",
+        "512",
+        "--epochs",
+        "50",
+        "--run-dir",
+        str(run),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**__import__("os").environ, "DATA_DIR": str(data_root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # wait for epoch 1
         time.sleep(0.2)

@@ -29,8 +29,14 @@ def test_iwae_bound_is_a_log_mean_exp():
 
 def test_active_units_counts_dimensions_whose_mean_varies():
     g = torch.Generator().manual_seed(0)
-    mu = torch.cat([torch.randn(1000, 3, generator=g), 0.05 * torch.randn(1000, 2, generator=g),
-                    torch.full((1000, 1), 4.0)], 1)
+    mu = torch.cat(
+        [
+            torch.randn(1000, 3, generator=g),
+            0.05 * torch.randn(1000, 2, generator=g),
+            torch.full((1000, 1), 4.0),
+        ],
+        1,
+    )
     assert active_units(mu) == 3  # variance 1 (x3) counts; 0.0025 and 0 do not
 
 

@@ -47,17 +47,27 @@ def _run_torch(make_opt, make_sched=None):
 
 CASES = {
     "adam": (lambda: engine.adam(1e-2), lambda p: torch.optim.Adam(p, 1e-2)),
-    "adam_l2": (lambda: engine.adam(1e-2, weight_decay=0.1),
-                lambda p: torch.optim.Adam(p, 1e-2, weight_decay=0.1)),
-    "adamw": (lambda: engine.adamw(1e-2, weight_decay=0.1),
-              lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1)),
-    "adam_betas": (lambda: engine.adam(3e-3, b1=0.5, b2=0.9, eps=1e-6),
-                   lambda p: torch.optim.Adam(p, 3e-3, betas=(0.5, 0.9), eps=1e-6)),
+    "adam_l2": (
+        lambda: engine.adam(1e-2, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, 1e-2, weight_decay=0.1),
+    ),
+    "adamw": (
+        lambda: engine.adamw(1e-2, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1),
+    ),
+    "adam_betas": (
+        lambda: engine.adam(3e-3, b1=0.5, b2=0.9, eps=1e-6),
+        lambda p: torch.optim.Adam(p, 3e-3, betas=(0.5, 0.9), eps=1e-6),
+    ),
     "sgd": (lambda: engine.sgd(0.1), lambda p: torch.optim.SGD(p, 0.1)),
-    "sgd_momentum": (lambda: engine.sgd(0.05, momentum=0.9, weight_decay=1e-3),
-                     lambda p: torch.optim.SGD(p, 0.05, momentum=0.9, weight_decay=1e-3)),
-    "sgd_nesterov": (lambda: engine.sgd(0.05, momentum=0.9, nesterov=True),
-                     lambda p: torch.optim.SGD(p, 0.05, momentum=0.9, nesterov=True)),
+    "sgd_momentum": (
+        lambda: engine.sgd(0.05, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.SGD(p, 0.05, momentum=0.9, weight_decay=1e-3),
+    ),
+    "sgd_nesterov": (
+        lambda: engine.sgd(0.05, momentum=0.9, nesterov=True),
+        lambda p: torch.optim.SGD(p, 0.05, momentum=0.9, nesterov=True),
+    ),
 }
 
 
@@ -93,8 +103,10 @@ def test_out_of_place_update_leaves_inputs_alone():
 
 def test_cosine_schedule_with_adam_matches_torch():
     got = _run_ours(engine.adam(cosine(1e-2, total_steps=STEPS)))
-    want = _run_torch(lambda p: torch.optim.Adam(p, 1e-2),
-                      lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS))
+    want = _run_torch(
+        lambda p: torch.optim.Adam(p, 1e-2),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS),
+    )
     for k in want:
         torch.testing.assert_close(got[k], want[k])
 
@@ -122,3 +134,19 @@ def test_schedules_match_torch_lr_schedulers():
     both = torch.stack([cosine(0.1, 30, warmup_steps=5, final_lr=0.01)(t) for t in steps])
     assert both[0] == pytest.approx(0.02) and both[5] == pytest.approx(0.1)
     assert both[30:].eq(both[30]).all() and both[30] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd_nesterov"])
+def test_per_tensor_loop_and_injected_hyperparams_match_foreach(name):
+    factory = {
+        "adamw": engine.adamw,
+        "sgd_nesterov": lambda **k: engine.sgd(momentum=0.9, nesterov=True, **k),
+    }
+    want = _run_ours(factory[name](lr=1e-2))
+    loop = _run_ours(factory[name](lr=1e-2, foreach=False))
+    injected = _run_ours(
+        engine.optim.with_hyperparams(lambda lr: factory[name](lr=lr, foreach=False), lr=1e-2)
+    )
+    for k in want:
+        torch.testing.assert_close(loop[k], want[k], rtol=0, atol=0)
+        torch.testing.assert_close(injected[k], want[k], rtol=0, atol=0)

@@ -1,0 +1,117 @@
+"""The VAE's likelihood estimates, and evaluation reports of real (short) runs."""
+
+import json
+
+import pytest
+import torch
+
+from engine.metrics import iwae_bound
+from losses import elbo, log_importance_weights
+from models import build_vae
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def vae_and_data():
+    torch.manual_seed(0)
+    model = build_vae("mlp", 4).eval()
+    x = torch.bernoulli(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    return model, x
+
+
+@torch.no_grad()
+def test_iwae_with_one_sample_is_the_elbo_in_expectation(vae_and_data):
+    model, x = vae_and_data
+    eps = torch.randn(4000, 8, 4, generator=torch.Generator().manual_seed(2))
+    lw = log_importance_weights(model, x, eps)  # (8, 4000): each column a k=1 bound
+    mu, logvar = model.encode(x)
+    # the ELBO with the analytic KL, on the same reparameterised draws
+    elbos = torch.stack(
+        [-elbo(model.decode(mu + e * torch.exp(0.5 * logvar)), x, mu, logvar)[0] for e in eps[:400]]
+    )
+    diff = lw[:, :400].mean(0) - elbos  # mean zero: E_q[log p(z) - log q(z|x)] = -KL
+    assert abs(diff.mean()) < 4 * diff.std() / 20 + 1e-3
+
+
+@torch.no_grad()
+def test_iwae_bound_tightens_as_k_grows(vae_and_data):
+    model, x = vae_and_data
+    eps = torch.randn(1000, 8, 4, generator=torch.Generator().manual_seed(3))
+    lw = log_importance_weights(model, x, eps)
+    bounds = [
+        float(iwae_bound(lw[:, : k * (1000 // k)].reshape(8, -1, k).flatten(0, 1)).mean())
+        for k in (1, 10, 100, 1000)
+    ]
+    assert bounds == sorted(bounds) and bounds[-1] > bounds[0] + 1.0
+
+
+@pytest.fixture(scope="module")
+def short_runs(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    args = [
+        "--arch",
+        "mlp",
+        "--latent-dim",
+        "2",
+        "--epochs",
+        "2",
+        "--iwae-k",
+        "20",
+        "--iwae-images",
+        "300",
+        "--out",
+        out,
+        "--no-progress",
+        "--no-compile",
+    ]
+    proc = run_cli("experiments.compare", args, data_root)
+    return out, proc
+
+
+def test_compare_writes_a_report_from_measured_numbers(short_runs):
+    out, _ = short_runs
+    ae, vae = (json.loads((out / k / "eval.json").read_text()) for k in ("ae", "vae"))
+    assert ae["pca_mse"] == pytest.approx(0.0557, abs=5e-4)  # PCA at 2 dims on MNIST (issue 3)
+    assert vae["nll"] <= vae["neg_elbo"] + 0.5  # the IWAE bound is at least as tight as the ELBO
+    assert vae["active_units"] <= 2 and len(vae["kl_per_dim"]) == 2
+    assert 0.3 < ae["knn_acc"] <= 1 and 0.3 < vae["knn_acc"] <= 1
+    report = (out / "report.md").read_text()
+    assert f"{ae['mse']:.4f}" in report and f"{vae['nll']:.2f}" in report
+    assert report.count("\n- ") == 3  # the three-line conclusion
+    for name in (
+        "latents_ae_vs_vae.png",
+        "samples_ae_vs_vae.png",
+        "vae/manifold.png",
+        "vae/kl_per_dim.png",
+        "ae/interpolations.png",
+    ):
+        assert (out / name).stat().st_size > 5000, name
+
+
+def test_compare_reuses_finished_runs(short_runs, data_root):
+    out, _ = short_runs
+    before = (out / "vae" / "model.safetensors").read_bytes()
+    args = [
+        "--arch",
+        "mlp",
+        "--latent-dim",
+        "2",
+        "--epochs",
+        "2",
+        "--iwae-k",
+        "5",
+        "--iwae-images",
+        "100",
+        "--out",
+        out,
+        "--no-progress",
+        "--no-compile",
+    ]
+    proc = run_cli("experiments.compare", args, data_root)
+    assert proc.stdout.count("reusing") == 2
+    assert (out / "vae" / "model.safetensors").read_bytes() == before
+
+
+def test_eval_of_a_missing_run_is_one_line(tmp_path, data_root):
+    proc = run_cli("experiments.evaluate", [tmp_path], data_root, expect=2)
+    assert len(proc.stderr.strip().splitlines()) == 1
