@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train-ae train-vae eval compare-ae-vae test lint bench clean-runs
+.PHONY: setup train-ae train-vae eval compare-ae-vae sweep-vae test lint bench clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ eval: setup  ## evaluate a finished AE/VAE run and write RUN/report.md (make eva
 
 compare-ae-vae: setup  ## train (or reuse) an AE and a VAE alike, evaluate both, write report.md
 	$(PY) -m experiments.compare $(ARGS)
+
+sweep-vae: setup  ## every combination of comma-separated values (make sweep-vae ARGS="--beta 0.5,1,4")
+	$(PY) -m experiments.sweep $(ARGS)
 
 test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
 	$(PY) -m pytest -q tests $(ARGS)

@@ -81,6 +81,25 @@ def make_train_step(
     return _maybe_compile(step, compile)
 
 
+def make_vmapped_train_step(
+    loss_fn: LossFn, optimizer: Optimizer, *, config_keys=(), precision="fp32", compile=None
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """One step for S models at once: `step(stacked_state, batch)`, every state tensor with a
+    leading axis of size S (torch.func.vmap), inside the same single compiled region.
+
+    The batch is shared by all S models, except its `config_keys` entries (e.g. a per-model KL
+    weight), which carry the leading S axis too. Use an optimizer built with foreach=False: vmap has
+    no batching rules for the multi-tensor kernels.
+    """
+    single = make_train_step(loss_fn, optimizer, precision=precision, compile=False).__wrapped__
+
+    def step(state: TrainState, batch: dict):
+        axes = {k: 0 if k in config_keys else None for k in batch}
+        return torch.func.vmap(single, in_dims=(0, axes), randomness="error")(state, batch)
+
+    return _maybe_compile(step, compile)
+
+
 def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[TrainState, dict], dict]:
     """Build `eval_step(state, batch) -> metrics`: the loss and its metrics without gradients (eager)."""
 

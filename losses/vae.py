@@ -34,14 +34,15 @@ def elbo(logits, x, mu, logvar, kl_weight=1.0):
 def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0):
     """loss_fn(params, buffers, batch) for a VAE; batch holds x (B,1,H,W), eps (B,Z) and step.
 
-    The KL weight is beta, ramped linearly from 0 over the first kl_warmup_steps steps; it is a
-    tensor function of batch["step"], so the compiled step never recompiles as it changes.
+    The KL weight is beta (or batch["beta"] where a sweep supplies one per model), ramped linearly
+    from 0 over the first kl_warmup_steps steps; it is a tensor function of batch["step"], so the
+    compiled step never recompiles as it changes.
     """
 
     def loss_fn(params, buffers, batch):
         (logits, mu, logvar), buffers = call_module(model, params, buffers, batch["x"], batch["eps"])
         ramp = (batch["step"].float() / kl_warmup_steps).clamp(max=1.0) if kl_warmup_steps else 1.0
-        loss, metrics = elbo(logits, batch["x"], mu, logvar, beta * ramp)
+        loss, metrics = elbo(logits, batch["x"], mu, logvar, batch.get("beta", beta) * ramp)
         return loss, Aux(metrics, buffers)
 
     return loss_fn

@@ -1,0 +1,249 @@
+"""VAE hyper-parameter sweeps: every combination of comma-separated values, e.g.
+`make sweep-vae ARGS="--latent-dim 2,8,16 --beta 0.5,1,4 --lr 1e-3,3e-3"`. Configs that share an
+architecture (arch, latent size) train together: their states are stacked and one vmapped,
+compiled step updates all of them; different architectures run one after another."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import engine
+from engine.optim import with_hyperparams
+from engine.state import tree_map
+from engine.step import make_vmapped_train_step
+from experiments.evaluate import iwae_nll
+from losses import make_elbo_loss
+from models import build_vae
+
+
+def _floats(text):
+    return [float(v) for v in text.split(",")]
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",")]
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    p.add_argument("--arch", default="mlp", type=lambda s: s.split(","), help="comma-separated: mlp,conv")
+    p.add_argument("--latent-dim", default=[20], type=_ints, help="comma-separated code sizes")
+    p.add_argument("--beta", default=[1.0], type=_floats, help="comma-separated KL weights")
+    p.add_argument("--lr", default=[1e-3], type=_floats, help="comma-separated Adam learning rates")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--binarize", default="none", choices=("none", "dynamic"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0, help="stop each group after N steps (0: all epochs)")
+    p.add_argument(
+        "--vmap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train configs of one architecture together (default) or one after another",
+    )
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--iwae-k", type=int, default=100, help="importance samples for each config's NLL")
+    p.add_argument("--iwae-images", type=int, default=1000, help="test images for the NLL (0: all)")
+    p.add_argument("--out", default="runs/sweep-vae")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args(argv)
+    bad = [a for a in args.arch if a not in ("mlp", "conv")]
+    if bad or min(args.latent_dim) < 1 or min(args.lr) <= 0 or min(args.beta) < 0 or args.epochs < 1:
+        p.error("arch must be mlp/conv; latent sizes >= 1, learning rates > 0, betas >= 0, epochs >= 1")
+    return args
+
+
+def stack_states(states):
+    """S states with equal structure -> one state whose tensors have a leading axis S."""
+    flat = [engine.state.flatten_state(s) for s in states]
+    stacked = {k: torch.stack([f[k] for f in flat]) for k in flat[0]}
+    return engine.state.unflatten_state(stacked, states[0])
+
+
+def unstack_state(state, i: int):
+    return tree_map(lambda t: t[i], state)
+
+
+def _train(step, state, loader, total: int, extra: dict, desc: str, progress: bool):
+    """`total` steps of `step` over the loader's epochs; `extra` entries join every batch."""
+    done = 0
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+        while done < total:
+            for batch in loader:
+                state, _ = step(state, {**batch, **extra})
+                done += 1
+                bar.update(1)
+                if done >= total:
+                    break
+    return state
+
+
+def train_group(arch, z_dim, configs, args, data, device):
+    """Train the (beta, lr) configs of one architecture from the same seed: stacked into one
+    vmapped step, or (--no-vmap) as separate ordinary runs. Returns (model, final states, seconds)."""
+    torch.manual_seed(args.seed)  # same initial weights as `experiments.vae --seed` would give
+    model = build_vae(arch, z_dim).to(device)
+    params0, buffers0 = engine.state.module_tensors(model)
+
+    def loader():
+        return engine.Loader(data, args.batch_size, args.seed, {"eps": (z_dim,)}, args.binarize == "dynamic")
+
+    total = args.max_steps or args.epochs * loader().steps_per_epoch
+    t0 = time.perf_counter()
+    if not args.vmap:  # the baseline: one ordinary run per config, exactly as experiments.vae trains
+        finals = []
+        for beta, lr in configs:
+            opt = engine.adam(lr)
+            state = engine.TrainState(
+                params0, buffers0, opt.init(params0), torch.zeros((), dtype=torch.int64, device=device), {}
+            )
+            step = engine.make_train_step(make_elbo_loss(model, beta), opt, compile=args.compile)
+            finals.append(
+                _train(step, state, loader(), total, {}, f"{arch} z={z_dim} b={beta} lr={lr}", args.progress)
+            )
+        return model, finals, time.perf_counter() - t0
+    optimizer = with_hyperparams(lambda lr: engine.adam(lr, foreach=False), lr=configs[0][1])
+    base = engine.init_state(model, optimizer)
+    states = [
+        base._replace(opt={**base.opt, "hyper": {"lr": torch.tensor(lr, dtype=torch.float64, device=device)}})
+        for _, lr in configs
+    ]
+    step = make_vmapped_train_step(
+        make_elbo_loss(model), optimizer, config_keys=("beta",), compile=args.compile
+    )
+    beta = torch.tensor([b for b, _ in configs], device=device)
+    stacked = _train(
+        step,
+        stack_states(states),
+        loader(),
+        total,
+        {"beta": beta},
+        f"{arch} z={z_dim} x{len(configs)} (vmap)",
+        args.progress,
+    )
+    return model, [unstack_state(stacked, i) for i in range(len(configs))], time.perf_counter() - t0
+
+
+def evaluate_config(model, state, beta, z_dim, test, args):
+    """Test negative ELBO, KL, MSE (one fixed noise draw per image) and the IWAE NLL of one config."""
+    eval_step = engine.make_eval_step(make_elbo_loss(model, beta=beta))
+    dyn = args.binarize == "dynamic"
+    sums, n = {}, 0
+    for batch in engine.eval_batches(test, 1000, engine.run.TEST_SEED, {"eps": (z_dim,)}, dyn):
+        for k, v in eval_step(state, batch).items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch["x"])
+        n += len(batch["x"])
+    out = {k: float(v / n) for k, v in sums.items()}
+    engine.load_into(model, state.params, state.buffers)
+    x = engine.loader.fixed_images(test, engine.run.TEST_SEED, dyn)
+    if args.iwae_images:
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.iwae_images]
+        x = x[keep.to(x.device)]
+    out["nll"] = iwae_nll(model.eval(), x, z_dim, args.iwae_k, engine.run.TEST_SEED + 3)
+    return out
+
+
+def plot_sweep(rows: list[dict], swept: list[str], path: Path, title: str) -> None:
+    """Each metric against each swept value: one panel per (swept flag, metric)."""
+    import matplotlib.pyplot as plt
+
+    metrics = [
+        ("neg_elbo", "test -ELBO (nats)"),
+        ("kl", "test KL (nats)"),
+        ("nll", "test NLL (nats)"),
+        ("mse", "test MSE"),
+    ]
+    fig, axes = plt.subplots(
+        len(swept), len(metrics), figsize=(4 * len(metrics), 3.2 * len(swept)), squeeze=False
+    )
+    for r, flag in enumerate(swept):
+        for c, (key, label) in enumerate(metrics):
+            ax = axes[r][c]
+            values = sorted({row[flag] for row in rows})
+            ax.scatter([row[flag] for row in rows], [row[key] for row in rows], s=14, alpha=0.7)
+            means = [
+                sum(row[key] for row in rows if row[flag] == v) / sum(row[flag] == v for row in rows)
+                for v in values
+            ]
+            ax.plot(values, means, "-", color="tab:red", label="mean over the other flags")
+            ax.set(xlabel=flag, ylabel=label)
+            if flag == "lr":
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse(argv)
+    device = engine.run.resolve_device("auto")
+    try:
+        train = engine.load_dataset(args.dataset, "train", device=device)
+        test = engine.load_dataset(args.dataset, "test", device=device)
+    except engine.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for arch, z_dim in itertools.product(args.arch, args.latent_dim):
+        configs = list(itertools.product(args.beta, args.lr))
+        model, states, seconds = train_group(arch, z_dim, configs, args, train, device)
+        for (beta, lr), state in zip(configs, states):
+            result = evaluate_config(model, state, beta, z_dim, test, args)
+            rows.append(
+                {
+                    "arch": arch,
+                    "latent_dim": z_dim,
+                    "beta": beta,
+                    "lr": lr,
+                    **result,
+                    "group_seconds": round(seconds, 1),
+                    "seconds_per_config": round(seconds / len(configs), 1),
+                }
+            )
+            print(
+                f"{arch} z={z_dim} beta={beta} lr={lr}: -ELBO {result['neg_elbo']:.2f}, "
+                f"KL {result['kl']:.2f}, NLL {result['nll']:.2f}, MSE {result['mse']:.4f}"
+            )
+    (out / "summary.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# VAE sweep on {args.dataset}: {args.epochs} epochs, batch {args.batch_size}, "
+        f"{'vmapped' if args.vmap else 'one run per config'}, NLL with k={args.iwae_k} on "
+        f"{args.iwae_images or len(test.images)} test images",
+        "",
+        "| arch | z | beta | lr | test -ELBO | KL | NLL | MSE | group time (s) | time per config (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']} | {r['latent_dim']} | {r['beta']} | {r['lr']} | {r['neg_elbo']:.2f} | "
+            f"{r['kl']:.2f} | {r['nll']:.2f} | {r['mse']:.4f} | {r['group_seconds']} | "
+            f"{r['seconds_per_config']} |"
+        )
+    swept = [
+        f
+        for f, vals in (("latent_dim", args.latent_dim), ("beta", args.beta), ("lr", args.lr))
+        if len(vals) > 1
+    ]
+    if swept:
+        plot_sweep(rows, swept, out / "sweep.png", f"VAE sweep on {args.dataset}")
+        lines += ["", "![metrics against each swept value](sweep.png)"]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
