@@ -45,10 +45,8 @@ def test_iwae_bound_tightens_as_k_grows(vae_and_data):
     assert bounds == sorted(bounds) and bounds[-1] > bounds[0] + 1.0
 
 
-@pytest.fixture(scope="module")
-def short_runs(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare")
-    args = [
+def _compare_args(out, iwae_k: int, iwae_images: int) -> list:
+    return [
         "--arch",
         "mlp",
         "--latent-dim",
@@ -56,14 +54,20 @@ def short_runs(data_root, tmp_path_factory):
         "--epochs",
         "2",
         "--iwae-k",
-        "20",
+        iwae_k,
         "--iwae-images",
-        "300",
+        iwae_images,
         "--out",
         out,
         "--no-progress",
         "--no-compile",
     ]
+
+
+@pytest.fixture(scope="module")
+def short_runs(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    args = _compare_args(out, iwae_k=20, iwae_images=300)
     proc = run_cli("experiments.compare", args, data_root)
     return out, proc
 
@@ -91,22 +95,7 @@ def test_compare_writes_a_report_from_measured_numbers(short_runs):
 def test_compare_reuses_finished_runs(short_runs, data_root):
     out, _ = short_runs
     before = (out / "vae" / "model.safetensors").read_bytes()
-    args = [
-        "--arch",
-        "mlp",
-        "--latent-dim",
-        "2",
-        "--epochs",
-        "2",
-        "--iwae-k",
-        "5",
-        "--iwae-images",
-        "100",
-        "--out",
-        out,
-        "--no-progress",
-        "--no-compile",
-    ]
+    args = _compare_args(out, iwae_k=5, iwae_images=100)
     proc = run_cli("experiments.compare", args, data_root)
     assert proc.stdout.count("reusing") == 2
     assert (out / "vae" / "model.safetensors").read_bytes() == before

@@ -68,6 +68,27 @@ def test_ae_learns_and_misses_an_impossible_target(data_root, tmp_path):
     build_ae("mlp", 8).load_state_dict(load_file(str(run / "model.safetensors")), strict=True)
 
 
+def test_fashion_mnist_and_dynamic_binarization_run_end_to_end(data_root, tmp_path):
+    run = tmp_path / "fashion"
+    args = [
+        *FAST,
+        "--arch",
+        "mlp",
+        "--dataset",
+        "fashion-mnist",
+        "--binarize",
+        "dynamic",
+        "--epochs",
+        "1",
+        "--run-dir",
+        run,
+    ]
+    run_cli("experiments.vae", args, data_root)
+    (record,) = _records(run)
+    assert 150 < record["test_neg_elbo"] < 400  # binarised Fashion-MNIST: a different scale from MNIST
+    assert json.loads((run / "config.json").read_text())["dataset"] == "fashion-mnist"
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_runs_on_cpu(data_root, tmp_path, precision):
     run = tmp_path / precision
