@@ -18,7 +18,7 @@ from engine.data import DataError, Dataset, load_dataset
 from engine.loader import Loader, eval_batches
 from engine.loop import CHECKPOINT, fit, resume_state
 from engine.state import init_state
-from engine.step import make_eval_step
+from engine.step import evaluate_mean, make_eval_step
 
 EVAL_BATCH = 1000
 TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same for every run
@@ -110,13 +110,8 @@ class Run:
         eval_step = make_eval_step(loss_fn, precision=self.config.precision)
 
         def evaluate(state) -> dict[str, float]:
-            totals, n = None, 0
             batches = eval_batches(self.test, EVAL_BATCH, TEST_SEED, noise, self.dynamic_binarize)
-            for batch in batches:
-                metrics = eval_step(state, batch)
-                values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
-                totals, n = (values if totals is None else totals + values), n + len(batch["x"])
-            return dict(zip(metrics, (totals / n).tolist()))  # one host sync per evaluation
+            return evaluate_mean(eval_step, state, batches)
 
         return evaluate
 

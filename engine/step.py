@@ -49,6 +49,11 @@ def make_train_step(
     torch.compile mode such as "reduce-overhead" (CUDA graphs). donate=True lets the step overwrite
     the input state's storage; the result is bitwise the same as donate=False.
     """
+    return _maybe_compile(_step_fn(loss_fn, optimizer, precision, donate, scaler_config), compile)
+
+
+def _step_fn(loss_fn, optimizer, precision, donate, scaler_config):
+    """The uncompiled pure step that make_train_step wraps (and make_vmapped_train_step vmaps)."""
     fp16 = precision == "fp16"
     autocast(precision, "cpu")  # validate the precision name now, not at the first step
 
@@ -78,7 +83,7 @@ def make_train_step(
         metrics.update(loss_scale=state.scaler["scale"], skipped=found_inf.float())
         return TrainState(params, aux.buffers, opt, state.step + 1, scaler), metrics
 
-    return _maybe_compile(step, compile)
+    return step
 
 
 def make_vmapped_train_step(
@@ -91,7 +96,7 @@ def make_vmapped_train_step(
     weight), which carry the leading S axis too. Use an optimizer built with foreach=False: vmap has
     no batching rules for the multi-tensor kernels.
     """
-    single = make_train_step(loss_fn, optimizer, precision=precision, compile=False).__wrapped__
+    single = _step_fn(loss_fn, optimizer, precision, False, ScalerConfig())
 
     def step(state: TrainState, batch: dict):
         axes = {k: 0 if k in config_keys else None for k in batch}
@@ -112,6 +117,16 @@ def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[Tra
     return eval_step
 
 
+def evaluate_mean(eval_step, state, batches) -> dict[str, float]:
+    """Per-example means of eval_step's metrics over batches (weighted by batch size); one host sync."""
+    totals, n = None, 0
+    for batch in batches:
+        metrics = eval_step(state, batch)
+        values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
+        totals, n = (values if totals is None else totals + values), n + len(batch["x"])
+    return dict(zip(metrics, (totals / n).tolist()))
+
+
 def _maybe_compile(step, compile):
     """Wrap the whole step in one torch.compile region, resolving the per-device default lazily."""
     compiled = {}
@@ -124,5 +139,4 @@ def _maybe_compile(step, compile):
             compiled[device_type] = torch.compile(step, fullgraph=True, mode=mode) if choice else step
         return compiled[device_type](state, batch)
 
-    run.__wrapped__ = step
     return run

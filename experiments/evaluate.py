@@ -66,6 +66,15 @@ def iwae_nll(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per
     return -float(torch.cat(bounds).mean())
 
 
+def nll_subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n images of x for the (costly) NLL: a seeded random subset, not the first n (MNIST's test set
+    is ordered by writer group); all of x when n is 0 or larger than x."""
+    if not n or n >= len(x):
+        return x
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    return x[keep.to(x.device)]
+
+
 def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tuple[dict, dict]:
     """(metrics, tensors for the figures) of a trained model on the run's data set."""
     dyn = cfg.get("binarize") == "dynamic"
@@ -88,10 +97,7 @@ def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tu
         sampled = decode(model, mu_te + eps * torch.exp(0.5 * logvar_te))
         _, m = elbo(sampled, x_te, mu_te, logvar_te)
         kl_dims = gaussian_kl(mu_te, logvar_te).mean(0)  # (Z,)
-        subset = x_te
-        if iwae_images and iwae_images < len(x_te):  # a seeded random subset, not the first N
-            keep = torch.randperm(len(x_te), generator=torch.Generator().manual_seed(0))[:iwae_images]
-            subset = x_te[keep.to(x_te.device)]
+        subset = nll_subset(x_te, iwae_images)
         out.update(
             neg_elbo=float(m["neg_elbo"]),
             kl=float(m["kl"]),

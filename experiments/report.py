@@ -27,11 +27,11 @@ def _cell(result: dict, key: str, fmt: str) -> str:
     return fmt.format(result[key]) if key in result else "n/a"
 
 
-def _codes_2d(mu: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """2-D codes as they are; larger codes through the top two principal axes of `ref` (in torch)."""
+def _codes_2d(mu: torch.Tensor) -> torch.Tensor:
+    """2-D codes as they are; larger codes through their top two principal axes (in torch)."""
     if mu.shape[1] <= 2:
         return mu if mu.shape[1] == 2 else torch.cat([mu, torch.zeros_like(mu)], 1)
-    mean, comps = metrics.pca_fit(ref, 2)
+    mean, comps = metrics.pca_fit(mu, 2)
     return metrics.pca_project(mu, mean, comps)
 
 
@@ -64,7 +64,7 @@ def _figures(run_dir: Path, name: str, model, result: dict, tensors: dict, z_dim
     save_image_grid(samples, run_dir / "eval_samples.png", f"{name}: decoded z ~ N(0, I)")
     files.append("eval_samples.png")
     plot_latents(
-        [(name, _codes_2d(mu, mu), tensors["labels"])],
+        [(name, _codes_2d(mu), tensors["labels"])],
         run_dir / "latents.png",
         f"{name}: test-set codes" + (" (top-2 PCA projection)" if z_dim > 2 else ""),
     )
@@ -154,8 +154,8 @@ def write_compare_report(out_dir: Path, pair: dict) -> Path:
     (ae_cfg, ae_model, ae, ae_t), (vae_cfg, vae_model, vae, vae_t) = pair["ae"], pair["vae"]
     z_dim, dev = ae_cfg["latent_dim"], ae_t["x"].device
     panels = [
-        (f"AE ({ae_cfg['arch']}, z={z_dim})", _codes_2d(ae_t["mu"], ae_t["mu"]), ae_t["labels"]),
-        (f"VAE ({vae_cfg['arch']}, z={z_dim})", _codes_2d(vae_t["mu"], vae_t["mu"]), vae_t["labels"]),
+        (f"AE ({ae_cfg['arch']}, z={z_dim})", _codes_2d(ae_t["mu"]), ae_t["labels"]),
+        (f"VAE ({vae_cfg['arch']}, z={z_dim})", _codes_2d(vae_t["mu"]), vae_t["labels"]),
     ]
     plot_latents(panels, out_dir / "latents_ae_vs_vae.png", "test-set codes, same axis limits")
     g = torch.Generator(device=dev).manual_seed(0)

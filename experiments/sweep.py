@@ -18,8 +18,8 @@ from tqdm import tqdm
 import engine
 from engine.optim import with_hyperparams
 from engine.state import tree_map
-from engine.step import make_vmapped_train_step
-from experiments.evaluate import iwae_nll
+from engine.step import evaluate_mean, make_vmapped_train_step
+from experiments.evaluate import iwae_nll, nll_subset
 from losses import make_elbo_loss
 from models import build_vae
 
@@ -92,7 +92,6 @@ def train_group(arch, z_dim, configs, args, data, device):
     vmapped step, or (--no-vmap) as separate ordinary runs. Returns (model, final states, seconds)."""
     torch.manual_seed(args.seed)  # same initial weights as `experiments.vae --seed` would give
     model = build_vae(arch, z_dim).to(device)
-    params0, buffers0 = engine.state.module_tensors(model)
 
     def loader():
         return engine.Loader(data, args.batch_size, args.seed, {"eps": (z_dim,)}, args.binarize == "dynamic")
@@ -103,9 +102,7 @@ def train_group(arch, z_dim, configs, args, data, device):
         finals = []
         for beta, lr in configs:
             opt = engine.adam(lr)
-            state = engine.TrainState(
-                params0, buffers0, opt.init(params0), torch.zeros((), dtype=torch.int64, device=device), {}
-            )
+            state = engine.init_state(model, opt)
             step = engine.make_train_step(make_elbo_loss(model, beta), opt, compile=args.compile)
             finals.append(
                 _train(step, state, loader(), total, {}, f"{arch} z={z_dim} b={beta} lr={lr}", args.progress)
@@ -137,17 +134,10 @@ def evaluate_config(model, state, beta, z_dim, test, args):
     """Test negative ELBO, KL, MSE (one fixed noise draw per image) and the IWAE NLL of one config."""
     eval_step = engine.make_eval_step(make_elbo_loss(model, beta=beta))
     dyn = args.binarize == "dynamic"
-    sums, n = {}, 0
-    for batch in engine.eval_batches(test, 1000, engine.run.TEST_SEED, {"eps": (z_dim,)}, dyn):
-        for k, v in eval_step(state, batch).items():
-            sums[k] = sums.get(k, 0.0) + v * len(batch["x"])
-        n += len(batch["x"])
-    out = {k: float(v / n) for k, v in sums.items()}
+    batches = engine.eval_batches(test, 1000, engine.run.TEST_SEED, {"eps": (z_dim,)}, dyn)
+    out = evaluate_mean(eval_step, state, batches)
     engine.load_into(model, state.params, state.buffers)
-    x = engine.loader.fixed_images(test, engine.run.TEST_SEED, dyn)
-    if args.iwae_images:
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.iwae_images]
-        x = x[keep.to(x.device)]
+    x = nll_subset(engine.loader.fixed_images(test, engine.run.TEST_SEED, dyn), args.iwae_images)
     out["nll"] = iwae_nll(model.eval(), x, z_dim, args.iwae_k, engine.run.TEST_SEED + 3)
     return out
 
