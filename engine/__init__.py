@@ -4,6 +4,7 @@ from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_u
 from engine.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from engine.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist
 from engine.functional import call_module, load_into
+from engine.gan import GANState, init_gan_state, make_gan_step
 from engine.loader import Loader, eval_batches
 from engine.loop import fit, read_metrics, resume_state
 from engine.optim import Optimizer, adam, adamw, sgd
@@ -29,6 +30,9 @@ __all__ = [
     "load_mnist",
     "call_module",
     "load_into",
+    "GANState",
+    "init_gan_state",
+    "make_gan_step",
     "Loader",
     "eval_batches",
     "fit",

@@ -1,6 +1,7 @@
 """Pure loss functions returning (loss, metrics); factories bind a module into loss_fn form."""
 
 from losses.ae import make_ae_loss, reconstruction_loss
+from losses.gan import GAN_LOSSES, GANLoss, gradient_penalty, make_gan_loss
 from losses.reconstruction import bernoulli_nll, squared_error
 from losses.vae import elbo, gaussian_kl, log_importance_weights, make_elbo_loss
 
@@ -13,4 +14,8 @@ __all__ = [
     "elbo",
     "make_elbo_loss",
     "log_importance_weights",
+    "GAN_LOSSES",
+    "GANLoss",
+    "gradient_penalty",
+    "make_gan_loss",
 ]

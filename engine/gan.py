@@ -1,0 +1,95 @@
+"""Two-player state and step: n_disc discriminator updates and one generator update, one pure function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from engine.amp import ScalerConfig, autocast, scaler_init
+from engine.optim import Optimizer
+from engine.state import Tensors, TrainState, init_state
+from engine.step import _maybe_compile, _step_fn
+
+
+class GANState(NamedTuple):
+    """The generator's and the discriminator's TrainStates, and an EMA of the generator's params
+    (used for samples and evaluation). A NamedTuple of NamedTuples: a pytree, and the checkpoint."""
+
+    gen: TrainState
+    disc: TrainState
+    ema: Tensors
+
+    @property
+    def step(self) -> torch.Tensor:
+        """Steps taken (one generator update each)."""
+        return self.gen.step
+
+
+def init_gan_state(gen, disc, gen_opt: Optimizer, disc_opt: Optimizer, precision="fp32") -> GANState:
+    """Fresh state: both players' params, buffers and optimizer states (and fp16 loss scales)."""
+    device = next(gen.parameters()).device
+    scalers = [scaler_init(device) if precision == "fp16" else None for _ in range(2)]
+    g, d = init_state(gen, gen_opt, scalers[0]), init_state(disc, disc_opt, scalers[1])
+    return GANState(g, d, {k: v.clone() for k, v in g.params.items()})
+
+
+def _prefixed(prefix: str, metrics: dict) -> dict:
+    """One player's step metrics under its own names (its loss is already called d_loss / g_loss)."""
+    return {(k if k.startswith(prefix) else prefix + k): v for k, v in metrics.items() if k != "loss"}
+
+
+def make_gan_step(
+    generate: Callable,
+    disc_loss: Callable,
+    gen_loss: Callable,
+    gen_opt: Optimizer,
+    disc_opt: Optimizer,
+    *,
+    n_disc: int = 1,
+    ema_decay: float = 0.999,
+    precision: str = "fp32",
+    compile: bool | str | None = None,
+    donate: bool = False,
+    scaler_config: ScalerConfig = ScalerConfig(),
+) -> Callable[[GANState, dict], tuple[GANState, dict]]:
+    """Build `step(state, batch) -> (state, metrics)` for a GAN.
+
+    batch["x"] holds n_disc * B real images in [0, 1] and batch["z"] n_disc * B latent draws
+    (batch["u"] too for WGAN-GP). Discriminator update i sees real chunk i against G(z chunk i);
+    the generator update reuses the last chunk's z, as pytorch/examples' DCGAN reuses its fake
+    batch. Each player's update is the single-model pure step of engine.step (gradient, fp16 loss
+    scaling, optimizer), so both share its precision policy; the whole thing is one compiled region.
+    """
+    if n_disc < 1:
+        raise ValueError(f"n_disc must be at least 1, got {n_disc}")
+    d_update = _step_fn(disc_loss, disc_opt, precision, donate, scaler_config)
+    g_update = _step_fn(gen_loss, gen_opt, precision, donate, scaler_config)
+
+    def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
+        gen, disc = state.gen, state.disc
+        device_type = gen.step.device.type
+        chunks = {k: batch[k].chunk(n_disc) for k in ("x", "z", "u") if k in batch}
+        for i in range(n_disc):
+            with torch.no_grad(), autocast(precision, device_type):
+                fake, gen_buffers = generate(gen.params, gen.buffers, chunks["z"][i])  # (B, C, H, W)
+            gen = gen._replace(buffers=gen_buffers)  # BatchNorm statistics come back out
+            d_batch = {k: v[i] for k, v in chunks.items() if k != "z"}
+            disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
+        g_batch = {"z": chunks["z"][-1], "disc_params": disc.params, "disc_buffers": disc.buffers}
+        gen, g_metrics = g_update(gen, g_batch)
+        ema = _ema_update(state.ema, gen.params, ema_decay, donate)
+        return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
+
+    return _maybe_compile(step, compile)
+
+
+def _ema_update(ema: Tensors, params: Tensors, decay: float, inplace: bool) -> Tensors:
+    """ema <- decay * ema + (1 - decay) * params, one multi-tensor lerp."""
+    keys = list(ema)
+    old, new = [ema[k] for k in keys], [params[k] for k in keys]
+    if inplace:
+        torch._foreach_lerp_(old, new, 1 - decay)
+        return ema
+    return dict(zip(keys, torch._foreach_lerp(old, new, 1 - decay)))

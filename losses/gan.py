@@ -1,0 +1,135 @@
+"""GAN objectives on discriminator logits: non-saturating, hinge, least-squares and WGAN-GP."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from engine.functional import call_module
+from engine.state import Aux
+
+GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
+
+
+def _d_metrics(loss, real, fake, prob: bool) -> dict:
+    """D(x) and D(G(z)) as the batch mean of the discriminator's output: a probability for the
+    logistic losses, the raw score for the others."""
+    out = torch.sigmoid if prob else (lambda t: t)
+    return {"d_loss": loss.detach(), "d_real": out(real).mean().detach(), "d_fake": out(fake).mean().detach()}
+
+
+def nonsaturating_d(real, fake):
+    """-log D(x) - log(1 - D(G(z))), from logits: softplus(-r) + softplus(f)."""
+    loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+    return loss, _d_metrics(loss, real, fake, prob=True)
+
+
+def nonsaturating_g(fake):
+    """Goodfellow et al. (2014)'s non-saturating generator loss -log D(G(z)) = softplus(-f)."""
+    loss = F.softplus(-fake).mean()
+    return loss, {"g_loss": loss.detach()}
+
+
+def hinge_d(real, fake):
+    """Lim & Ye (2017): max(0, 1 - r) + max(0, 1 + f)."""
+    loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return loss, _d_metrics(loss, real, fake, prob=False)
+
+
+def critic_g(fake):
+    """-f: the generator side of the hinge and Wasserstein losses."""
+    loss = -fake.mean()
+    return loss, {"g_loss": loss.detach()}
+
+
+def lsgan_d(real, fake):
+    """Mao et al. (2017), a=0, b=c=1: (r - 1)^2 / 2 + f^2 / 2."""
+    loss = 0.5 * (real - 1).square().mean() + 0.5 * fake.square().mean()
+    return loss, _d_metrics(loss, real, fake, prob=False)
+
+
+def lsgan_g(fake):
+    loss = 0.5 * (fake - 1).square().mean()
+    return loss, {"g_loss": loss.detach()}
+
+
+def wasserstein_d(real, fake):
+    """Arjovsky et al. (2017)'s critic loss f - r (the gradient penalty is added by the caller)."""
+    loss = fake.mean() - real.mean()
+    return loss, _d_metrics(loss, real, fake, prob=False)
+
+
+PAIRS = {
+    "nonsaturating": (nonsaturating_d, nonsaturating_g),
+    "hinge": (hinge_d, critic_g),
+    "lsgan": (lsgan_d, lsgan_g),
+    "wgan-gp": (wasserstein_d, critic_g),
+}
+
+
+def uniform_from_normal(n: torch.Tensor) -> torch.Tensor:
+    """Phi(n): standard-normal draws mapped to U(0, 1) (the loader draws only normal noise)."""
+    return 0.5 * (1 + torch.erf(n / math.sqrt(2)))
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors (autocast outputs) in float32; float32/float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def gradient_penalty(critic, real, fake, u):
+    """Gulrajani et al. (2017): E[(||grad_x critic(x_hat)||_2 - 1)^2] at x_hat = u x + (1 - u) G(z).
+
+    The input gradient comes from torch.func.grad, so the penalty is itself differentiable with
+    respect to the critic's parameters when an outer torch.func.grad asks for them.
+    """
+    x_hat = u * real + (1 - u) * fake  # (B, C, H, W)
+    grads = torch.func.grad(lambda x: _wide(critic(x)).sum())(x_hat)
+    norms = torch.sqrt(_wide(grads).flatten(1).square().sum(1) + 1e-12)  # (B,); eps: finite at 0
+    return (norms - 1).square().mean()
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (the loader's scale) -> [-1, 1] (the generator's tanh range)."""
+    return x * 2 - 1
+
+
+class GANLoss(NamedTuple):
+    """The three pure pieces a GAN step needs, each in the engine's loss_fn form."""
+
+    generate: object  # (gen_params, gen_buffers, z) -> (images in [-1, 1], gen_buffers)
+    disc_loss: object  # (disc_params, disc_buffers, {"x", "fake", ["u"]}) -> (loss, Aux)
+    gen_loss: object  # (gen_params, gen_buffers, {"z", "disc_params", "disc_buffers"}) -> (loss, Aux)
+
+
+def make_gan_loss(gen, disc, kind: str = "nonsaturating", gp_weight: float = 10.0) -> GANLoss:
+    """Bind a generator and discriminator module into the pure functions of `kind`."""
+    if kind not in PAIRS:
+        raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
+    d_fn, g_fn = PAIRS[kind]
+
+    def generate(params, buffers, z):
+        return call_module(gen, params, buffers, z)
+
+    def disc_loss(params, buffers, batch):
+        real, fake = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype)
+        logits, buffers = call_module(disc, params, buffers, torch.cat([real, fake]))  # one D pass
+        real_logits, fake_logits = logits.float().chunk(2)
+        loss, metrics = d_fn(real_logits, fake_logits)
+        if kind == "wgan-gp":
+            u = uniform_from_normal(batch["u"]).view(-1, *[1] * (real.dim() - 1))  # (B, 1, 1, 1)
+            gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x)[0], real, fake, u)
+            loss = loss + gp_weight * gp
+            metrics.update(d_loss=loss.detach(), gp=gp.detach())
+        return loss, Aux(metrics, buffers)
+
+    def gen_loss(params, buffers, batch):
+        fake, buffers = call_module(gen, params, buffers, batch["z"])
+        logits, _ = call_module(disc, batch["disc_params"], batch["disc_buffers"], fake)
+        loss, metrics = g_fn(logits.float())
+        return loss, Aux(metrics, buffers)
+
+    return GANLoss(generate, disc_loss, gen_loss)

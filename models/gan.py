@@ -1,0 +1,137 @@
+"""GAN networks: DCGAN generator/discriminator for 28x28 grey and 64x64 RGB images, and an MLP GAN."""
+
+from __future__ import annotations
+
+import math
+
+from einops import rearrange
+from torch import nn
+
+GAN_ARCHS = ("dcgan", "mlp")
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al. (2016): conv/linear weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _up(c_in: int, c_out: int, kernel=4, stride=2, padding=1) -> list[nn.Module]:
+    """Transposed conv (no bias: BatchNorm follows), BatchNorm, ReLU."""
+    return [
+        nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ]
+
+
+def _down(c_in: int, c_out: int, kernel=4, stride=2, padding=1) -> list[nn.Module]:
+    """Strided conv and LeakyReLU(0.2); no normalisation, so WGAN-GP's per-sample penalty stays valid."""
+    return [nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.LeakyReLU(0.2)]
+
+
+class Generator(nn.Module):
+    """z (B, Z) -> images (B, C, H, W) in [-1, 1] (tanh)."""
+
+    def __init__(self, net: nn.Sequential, latent_dim: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.net, self.latent_dim, self.image_shape = net, latent_dim, tuple(image_shape)
+
+    def forward(self, z):
+        if len(self.net) and isinstance(self.net[0], nn.ConvTranspose2d):
+            z = rearrange(z, "b z -> b z 1 1")
+        out = self.net(z)
+        c, h, w = self.image_shape
+        return rearrange(out, "b (c h w) -> b c h w", c=c, h=h) if out.dim() == 2 else out
+
+
+class Discriminator(nn.Module):
+    """images (B, C, H, W) in [-1, 1] -> one logit (or critic score) per image (B,); no sigmoid."""
+
+    def __init__(self, net: nn.Sequential):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).flatten(1)[:, 0]  # (B,)
+
+
+def dcgan28(latent_dim: int, channels: int = 1, width: int = 64) -> tuple[nn.Sequential, nn.Sequential]:
+    """28x28: z -> 7x7x2W -> 14x14xW -> 28x28xC, and 28 -> 14x14xW -> 7x7x2W -> logit."""
+    gen = nn.Sequential(
+        *_up(latent_dim, 2 * width, kernel=7, stride=1, padding=0),  # (B, 2W, 7, 7)
+        *_up(2 * width, width),  # (B, W, 14, 14)
+        nn.ConvTranspose2d(width, channels, 4, 2, 1),  # (B, C, 28, 28)
+        nn.Tanh(),
+    )
+    disc = nn.Sequential(
+        *_down(channels, width),  # (B, W, 14, 14)
+        *_down(width, 2 * width),  # (B, 2W, 7, 7)
+        nn.Conv2d(2 * width, 1, 7),  # (B, 1, 1, 1)
+    )
+    return gen, disc
+
+
+def dcgan64(latent_dim: int, channels: int = 3, width: int = 64) -> tuple[nn.Sequential, nn.Sequential]:
+    """64x64, the DCGAN paper's layout: z -> 4x4x8W -> 8x8x4W -> 16x16x2W -> 32x32xW -> 64x64xC."""
+    gen = nn.Sequential(
+        *_up(latent_dim, 8 * width, stride=1, padding=0),  # (B, 8W, 4, 4)
+        *_up(8 * width, 4 * width),
+        *_up(4 * width, 2 * width),
+        *_up(2 * width, width),  # (B, W, 32, 32)
+        nn.ConvTranspose2d(width, channels, 4, 2, 1),
+        nn.Tanh(),
+    )
+    disc = nn.Sequential(
+        *_down(channels, width),  # (B, W, 32, 32)
+        *_down(width, 2 * width),
+        *_down(2 * width, 4 * width),
+        *_down(4 * width, 8 * width),  # (B, 8W, 4, 4)
+        nn.Conv2d(8 * width, 1, 4),
+    )
+    return gen, disc
+
+
+def mlp_gan(latent_dim: int, image_shape, width: int = 256) -> tuple[nn.Sequential, nn.Sequential]:
+    """The smallest case: z -> W -> 2W -> pixels, and pixels -> 2W -> W -> logit."""
+    pixels = math.prod(image_shape)
+    gen = nn.Sequential(
+        nn.Linear(latent_dim, width),
+        nn.ReLU(),
+        nn.Linear(width, 2 * width),
+        nn.ReLU(),
+        nn.Linear(2 * width, pixels),
+        nn.Tanh(),
+    )
+    disc = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(pixels, 2 * width),
+        nn.LeakyReLU(0.2),
+        nn.Linear(2 * width, width),
+        nn.LeakyReLU(0.2),
+        nn.Linear(width, 1),
+    )
+    return gen, disc
+
+
+def build_gan(arch: str, image_shape, latent_dim: int = 100, width: int = 64):
+    """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised."""
+    c, h, w = image_shape
+    if arch == "mlp":
+        gen, disc = mlp_gan(latent_dim, image_shape, 4 * width)
+    elif arch == "dcgan" and h == w == 28:
+        gen, disc = dcgan28(latent_dim, c, width)
+    elif arch == "dcgan" and h == w == 64:
+        gen, disc = dcgan64(latent_dim, c, width)
+    else:
+        raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
+    pair = Generator(gen, latent_dim, image_shape), Discriminator(disc)
+    for m in pair:
+        dcgan_init(m)
+    return pair
