@@ -21,7 +21,7 @@ class DataError(Exception):
 
 
 class Dataset(NamedTuple):
-    images: torch.Tensor  # (N, H, W) uint8, on the target device
+    images: torch.Tensor  # (N, H, W) grey or (N, C, H, W) uint8, on the target device
     labels: torch.Tensor  # (N,) int64
 
 
@@ -90,8 +90,14 @@ def load_fashion_mnist(root=None, split="train", device="cpu", download=False) -
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+    """uint8 (B, H, W) grey -> float (B, 1, H, W); uint8 (B, C, H, W) -> float (B, C, H, W); in [0, 1]."""
+    if images.dtype != torch.uint8 or images.ndim not in (3, 4):  # div_ below must act on a fresh copy
+        raise ValueError(
+            f"to_unit expects uint8 (B, H, W) or (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    return images.to(torch.float32).div_(255.0)
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""PNG figures: per-epoch curves from metrics.jsonl records and labelled image grids."""
+"""Figures: per-epoch and per-step curves, labelled image grids (grey or RGB) and animated GIF grids."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +11,30 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+
+def _grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1], C = 1 or 3, as one (3, H', W') CPU grid; make_grid repeats a
+    single channel three times, so grey stays grey and RGB keeps its colours."""
+    return make_grid(
+        images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=pad_value
+    )
+
+
+def _show(ax, grid: torch.Tensor) -> None:
+    """Draw a (3, H, W) grid in [0, 1] as RGB (so no colormap applies) without axes."""
+    ax.imshow(grid.permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path) -> None:
+    """Lay out, write the PNG and free the figure."""
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
 
 
 def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, title: str) -> None:
@@ -27,36 +51,27 @@ def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, title:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_image_rows(rows: list[torch.Tensor], labels: list[str], path, title: str) -> None:
     """Rows of images (each (N, C, H, W) in [0, 1]) stacked vertically, each row labelled."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.25 * len(rows) + 0.6), squeeze=False)
     for ax, images, label in zip(axes[:, 0], rows, labels):
-        grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=len(images), padding=1)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+        _show(ax, _grid(images, nrow=len(images), padding=1, pad_value=0.0))
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_image_grid(images: torch.Tensor, path, title: str, nrow: int = 8) -> None:
-    """A square-ish grid of images (N, C, H, W) in [0, 1]."""
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    """A square-ish grid of images (N, C, H, W) in [0, 1], grey (C = 1) or RGB (C = 3)."""
+    grid = _grid(images, nrow)
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[1] / grid.shape[2] + 0.4))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+    _show(ax, grid)
     ax.set_axis_off()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_latents(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path, title: str) -> None:
@@ -83,20 +98,60 @@ def plot_bars(values: list[float], path, title: str, xlabel: str, ylabel: str) -
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_grids_side_by_side(grids: list[tuple[str, torch.Tensor]], path, title: str, nrow=8) -> None:
-    """Several image grids (each (N, C, H, W) in [0, 1]) next to each other, each titled."""
+    """Several image grids (each (N, C, H, W) in [0, 1], grey or RGB) next to each other, each titled."""
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 5.4), squeeze=False)
     for ax, (name, images) in zip(axes[0], grids):
-        grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+        _show(ax, _grid(images, nrow))
         ax.set_axis_off()
         ax.set_title(name)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over `window` points; the window shrinks at the ends (no lag, no edge dip)."""
+    x, window = torch.tensor(values, dtype=torch.float64), max(window, 1)
+    sums = torch.cat([torch.zeros(1, dtype=x.dtype), x.cumsum(0)])  # sums[k] = x[:k].sum()
+    i = torch.arange(len(x))
+    lo, hi = (i - window // 2).clamp(min=0), (i - window // 2 + window).clamp(max=len(x))
+    return ((sums[hi] - sums[lo]) / (hi - lo)).tolist()
+
+
+def plot_step_curves(
+    records: list[dict], panels: list[tuple[str, list[str]]], path, title: str, smooth: int = 50
+) -> None:
+    """One panel per (label, keys): each key against "step", raw (faint) and smoothed over `smooth`
+    points in the same colour. Records missing a key, or holding a non-finite value, are left out."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (label, keys) in zip(axes[0], panels):
+        for i, key in enumerate(keys):
+            points = [(r["step"], float(r[key])) for r in records if r.get(key) is not None]
+            points = [(s, v) for s, v in points if math.isfinite(v)]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=0.8)
+            ax.plot(steps, _smooth(list(values), smooth), color=f"C{i}", linewidth=1.6, label=key)
+        ax.set(xlabel="step", ylabel=label, title=label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def save_gif(frames: list[torch.Tensor], path, duration_ms: int = 400, nrow: int = 8) -> None:
+    """An animated GIF, looping forever, of one grid per frame (each a batch (N, C, H, W) in [0, 1],
+    C = 1 or 3; all frames the same shape). PIL merges identical consecutive frames into one."""
+    if not frames or any(f.shape != frames[0].shape for f in frames):
+        raise ValueError(f"save_gif needs frames of one shape, got {[tuple(f.shape) for f in frames]}")
+    grey = frames[0].shape[1] == 1  # save as "L": exact greys, no palette quantisation
+    images = []
+    for frame in frames:
+        grid = _grid(frame, nrow).mul(255).round().to(torch.uint8)  # (3, H, W)
+        images.append(Image.fromarray(grid[0].numpy() if grey else grid.permute(1, 2, 0).numpy()))
+    images[0].save(Path(path), save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

@@ -1,0 +1,82 @@
+"""Any folder of images as a tensor-resident data set: decoded once, resized and centre-cropped on load."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.io import ImageReadMode, decode_image
+from tqdm import tqdm
+
+from engine.data import DataError, Dataset
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-insensitively
+PROGRESS_OVER = 500  # show a progress bar when decoding more files than this
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under `root`, recursively, sorted by relative path (the data set's order)."""
+    files = [p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _decode(path: Path, channels: int) -> torch.Tensor:
+    """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...)."""
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); PIL stays the fallback
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            image = decode_image(str(path), mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+    except RuntimeError:  # an unsupported format or a corrupt file: PIL decides which
+        from PIL import Image
+
+        with Image.open(path) as im:
+            image = F.pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
+    if image.ndim == 4:  # an animated GIF: (frames, C, H, W), keep the first frame
+        image = image[0]
+    if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    if image.shape[0] != channels:  # GIF/WebP decoders ignore the GRAY mode and return RGB
+        image = F.rgb_to_grayscale(image[:3]) if channels == 1 else image[:1].expand(3, -1, -1)
+    return image
+
+
+def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Shorter side to `size` (antialiased), then the central size x size square: (C, size, size)."""
+    image = F.resize(image, [size], antialias=True)
+    return F.center_crop(image, [size, size])
+
+
+def load_image_folder(path, size: int, channels: int = 3, device="cpu") -> Dataset:
+    """Every readable image under `path` as uint8 (N, C, size, size) on `device`, labels all zero.
+
+    Files that fail to decode are skipped with one warning naming them; a folder with nothing
+    readable in it raises DataError.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    root = Path(path)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise DataError(f"image folder {root} {what}")
+    files = image_files(root)
+    images, skipped = [], []
+    for file in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=len(files) <= PROGRESS_OVER):
+        try:
+            image = _decode(file, channels)
+        except Exception:  # any decoder failure means an unreadable file, reported below
+            skipped.append(file.relative_to(root).as_posix())
+            continue
+        images.append(_fit(image, size))
+    if not images:
+        found = f"{len(files)} image file(s), none readable" if files else "no image files"
+        raise DataError(f"{found} under {root} (looked for {', '.join(EXTENSIONS)})")
+    if skipped:
+        names = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}: {names}", stacklevel=2)
+    stacked = torch.stack(images).to(device)  # (N, C, size, size) uint8
+    return Dataset(stacked, torch.zeros(len(stacked), dtype=torch.int64, device=device))
