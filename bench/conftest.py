@@ -1,28 +1,33 @@
-"""Benchmark fixtures: MNIST on each device, and a summary table written at the end of the run."""
+"""Benchmark fixtures (MNIST per device, the matmul roofline per dtype) and the summary written at the end."""
 
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import pytest
 import torch
 
 import engine
+from bench.report import PEAKS, ROWS, SKIPPED, machine, peer_ratios, summary
+from bench.roofline import matmul_peak
+from bench.timing import QUICK, ROUNDS, TARGET_S
 
 RESULTS = Path(__file__).parent / "results"
-ROWS: list[dict] = []  # one per measured case, filled by the benchmarks
 
 
-def devices() -> list:
-    """cpu always; cuda only when present (the skipped GPU cases are listed in the summary)."""
-    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-    return ["cpu", pytest.param("cuda", marks=cuda)]
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each case compiles from scratch: all steps share a few code objects, and dynamo's recompile
+    limit would otherwise send later cases to eager without a word."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="session")
 def mnist():
+    """get(device): the MNIST train split on that device, read once."""
     cache = {}
 
     def get(device: str):
@@ -33,34 +38,48 @@ def mnist():
     return get
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
+@pytest.fixture(scope="session")
+def roofline():
+    """peak(device, precision): the matmul TFLOP/s of that dtype, measured once in this session."""
+
+    def peak(device: str, precision: str) -> float:
+        if (device, precision) not in PEAKS:
+            reps, target_s = (3, 0.1) if QUICK else (5, 0.3)
+            PEAKS[(device, precision)] = matmul_peak(device, precision, reps=reps, target_s=target_s)
+        return PEAKS[(device, precision)]["tflops"]
+
+    return peak
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Print the samples/s table with engine/peer ratios and write it beside the JSON."""
+def pytest_runtest_logreport(report):
+    """Remember skipped cases (the GPU ones on a machine without one) for the summary."""
+    if report.skipped and "test_throughput[" in report.nodeid:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        SKIPPED[report.nodeid.split("[", 1)[1].rstrip("]")] = reason.removeprefix("Skipped: ")
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Add the engine/peer ratios to each case and the peaks and skipped cases to the saved JSON."""
+    ratios = peer_ratios(ROWS)
+    for bench in output_json["benchmarks"]:
+        case_id = bench["extra_info"].get("id")
+        if case_id in ratios:
+            bench["extra_info"]["vs_peer"] = ratios[case_id]
+    output_json["bench"] = {
+        "machine": machine(),
+        "matmul_peaks": [{"device": d, "precision": p, **v} for (d, p), v in PEAKS.items()],
+        "skipped": SKIPPED,
+    }
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the markdown summary and write it as summary.md beside the JSON (or in bench/results/)."""
     if not ROWS:
         return
-    peers = {(r["device"], r["batch"]): r["samples_per_s"] for r in ROWS if r["case"].startswith("peer")}
-    lines = [
-        f"Machine: {machine()}",
-        "",
-        "| case | device | batch | samples/s | ms/step | vs peer |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in ROWS:
-        peer = peers.get((r["device"], r["batch"]))
-        ratio = f"{r['samples_per_s'] / peer:.2f}x" if peer and not r["case"].startswith("peer") else ""
-        lines.append(
-            f"| {r['case']} | {r['device']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
-            f"{r['ms_per_step']:.3f} | {ratio} |"
-        )
-    skipped = [rep.nodeid for rep in terminalreporter.stats.get("skipped", [])]
-    if skipped:
-        lines += ["", f"Skipped (no GPU here): {len(skipped)} cases"]
-    text = "\n".join(lines)
+    text = summary(ROUNDS, TARGET_S)
     terminalreporter.write_line("\n" + text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "summary.md").write_text(text + "\n")
+    json_path = config.getoption("benchmark_json", None)
+    folder = Path(json_path).parent if json_path else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.md").write_text(text)
+    terminalreporter.write_line(f"summary written to {folder / 'summary.md'}")

@@ -1,124 +1,68 @@
-"""Train-step throughput of the engine against the classic DataLoader + torch.optim loop."""
+"""Throughput of every case (train steps, data path, peer loop): one driver over bench.cases.grid()."""
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-import engine
-from bench.conftest import ROWS, devices
-from losses import make_elbo_loss
-from models import build_vae
+from bench import cases
+from bench.report import ROWS
+from bench.roofline import count_flops
+from bench.timing import ROUNDS, calibrate, sync, timed
 
-STEPS = 50  # train steps per timed round
+_FLOPS: dict[tuple, int] = {}  # (case, device, batch) -> FLOPs per step
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+def _flops_per_step(spec: cases.Spec, data) -> int | None:
+    """Counted once per case and batch, on a fresh eager fp32 step (None for the data path: no matmuls)."""
+    if spec.case == "data_path":
+        return None
+    key = (spec.case, spec.device, spec.batch)
+    if key not in _FLOPS:
+        work = cases.build(spec._replace(precision="fp32", compile="eager"), data)
+        _FLOPS[key] = count_flops(lambda: work.advance(1))
+    return _FLOPS[key]
 
 
-def _record(benchmark, case, device, batch):
-    ms = benchmark.stats.stats.median / STEPS * 1e3
-    row = {
-        "case": case,
-        "device": device,
-        "batch": batch,
-        "ms_per_step": ms,
-        "samples_per_s": batch / ms * 1e3,
+def _row(spec: cases.Spec, step_s: float, steps: int, first_call_s: float, flops, peak) -> dict:
+    tflops = flops / step_s / 1e12 if flops else None
+    cuda = spec.device == "cuda"
+    return {
+        "id": spec.id,
+        **spec._asdict(),
+        "steps_per_round": steps,
+        "rounds": ROUNDS,
+        "ms_per_step": step_s * 1e3,
+        "samples_per_s": spec.batch / step_s,
+        "flops_per_step": flops,
+        "tflops": tflops,
+        "peak_tflops": peak,
+        "pct_of_peak": 100 * tflops / peak if tflops else None,
+        "peak_mib": torch.cuda.max_memory_allocated(spec.device) / 2**20 if cuda else None,
+        "first_call_s": first_call_s,
+        "compile_s": max(0.0, first_call_s - step_s),
     }
+
+
+@pytest.mark.parametrize("spec", cases.grid())
+def test_throughput(benchmark, mnist, roofline, spec):
+    """First call (compilation) timed alone; steps per round calibrated; one warm-up round, then the
+    median of ROUNDS rounds, each ending in a device sync."""
+    data = mnist(spec.device)
+    flops = _flops_per_step(spec, data)
+    work = cases.build(spec, data)
+    first_call_s = timed(lambda: work.advance(1), spec.device)
+    steps = work.steps_per_round or calibrate(work.advance, spec.device)
+    if spec.device == "cuda":
+        torch.cuda.reset_peak_memory_stats(spec.device)
+
+    def one_round():
+        work.advance(steps)
+        sync(spec.device)  # sync point: the round's device work is inside the timing
+
+    setup = lambda: sync(spec.device)  # noqa: E731  (queued work never leaks into a round)
+    benchmark.pedantic(one_round, setup=setup, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    step_s = benchmark.stats.stats.median / steps
+    row = _row(spec, step_s, steps, first_call_s, flops, roofline(spec.device, spec.precision))
     benchmark.extra_info.update(row)
     ROWS.append(row)
-
-
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-@pytest.mark.parametrize("batch", [128])
-def test_engine_mlp_vae_step(benchmark, mnist, device, compile, batch):
-    torch.manual_seed(0)
-    model = build_vae("mlp", 20).to(device)
-    opt = engine.adam(1e-3)
-    step = engine.make_train_step(make_elbo_loss(model), opt, compile=compile, donate=True)
-    loader = engine.Loader(mnist(device), batch, seed=0, noise={"eps": (20,)})
-    box = {"state": engine.init_state(model, opt), "it": iter(loader)}
-
-    def batches():
-        for _ in range(STEPS):
-            try:
-                yield next(box["it"])
-            except StopIteration:
-                box["it"] = iter(loader)
-                yield next(box["it"])
-
-    def run():
-        state = box["state"]
-        for batch in batches():  # data path (gather, scale, noise) included, as in training
-            state, _ = step(state, batch)
-        _sync(device)
-        box["state"] = state
-
-    t0 = time.perf_counter()
-    run()  # the first round compiles; timed separately
-    benchmark.extra_info["first_round_s"] = time.perf_counter() - t0
-    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
-    _record(benchmark, f"engine mlp VAE ({'compiled' if compile else 'eager'})", device, batch)
-
-
-class ClassicVAE(nn.Module):
-    """pytorch/examples vae/main.py, as written there."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
-        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
-
-    def forward(self, x):
-        h1 = F.relu(self.fc1(x.view(-1, 784)))
-        mu, logvar = self.fc21(h1), self.fc22(h1)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
-
-
-def _classic_loss(recon_x, x, mu, logvar):
-    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
-    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-
-
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("batch", [128])
-def test_peer_classic_loop(benchmark, device, batch):
-    """The loop users copy today: torchvision dataset + DataLoader(ToTensor) + torch.optim.Adam."""
-    from torchvision import datasets, transforms
-
-    torch.manual_seed(0)
-    ds = datasets.MNIST(
-        os.environ.get("DATA_DIR", "data"), train=True, download=False, transform=transforms.ToTensor()
-    )
-    kwargs = {"num_workers": 1, "pin_memory": True} if device == "cuda" else {}
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, **kwargs)
-    model = ClassicVAE().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    box = {"it": iter(loader)}
-
-    def run():
-        for _ in range(STEPS):
-            try:
-                data, _ = next(box["it"])
-            except StopIteration:
-                box["it"] = iter(loader)
-                data, _ = next(box["it"])
-            data = data.to(device)
-            opt.zero_grad()
-            recon, mu, logvar = model(data)
-            loss = _classic_loss(recon, data, mu, logvar)
-            loss.backward()
-            opt.step()
-        _sync(device)
-
-    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
-    _record(benchmark, "peer: classic DataLoader loop", device, batch)

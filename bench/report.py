@@ -1,0 +1,132 @@
+"""The run's results (one row per measured case, matmul peaks, skipped cases) and the markdown summary."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from bench.cases import MODELS, Spec
+
+ROWS: list[dict] = []  # one per measured case, in run order
+PEAKS: dict[tuple[str, str], dict] = {}  # (device, precision) -> roofline.matmul_peak(...)
+SKIPPED: dict[str, str] = {}  # case id -> skip reason
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    cpu = f"{os.cpu_count()} CPU cores ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()})"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def peer_ratios(rows: list[dict]) -> dict[str, float]:
+    """Case id -> samples/s over the peer's at the same device and batch. The peer writes the mlp VAE,
+    so only the mlp VAE rows get a ratio."""
+    peers = {(r["device"], r["batch"]): r["samples_per_s"] for r in rows if r["case"] == "peer"}
+    return {
+        r["id"]: r["samples_per_s"] / peers[(r["device"], r["batch"])]
+        for r in rows
+        if r["case"] == "mlp_vae" and (r["device"], r["batch"]) in peers
+    }
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _data_shares(rows: list[dict]) -> dict[str, float]:
+    """Case id -> % of its step time that the data path alone takes at the same device and batch."""
+    data = {(r["device"], r["batch"]): r["ms_per_step"] for r in rows if r["case"] == "data_path"}
+    return {
+        r["id"]: 100 * data[(r["device"], r["batch"])] / r["ms_per_step"]
+        for r in rows
+        if r["case"] in MODELS and (r["device"], r["batch"]) in data
+    }
+
+
+def _table(rows: list[dict]) -> list[str]:
+    ratios, shares = peer_ratios(rows), _data_shares(rows)
+    head = "case | device | precision | compile | batch | samples/s | ms/step | GFLOP/step | TFLOP/s"
+    lines = [f"| {head} | % of peak | peak MiB | vs peer | data path % |", "|" + "---|" * 13]
+    for r in rows:
+        gflop = r["flops_per_step"] / 1e9 if r["flops_per_step"] else None
+        cells = [
+            r["case"], r["device"], r["precision"], r["compile"], str(r["batch"]),
+            f"{r['samples_per_s']:,.0f}", f"{r['ms_per_step']:.3f}", _num(gflop, ".3f"),
+            _num(r["tflops"], ".4f"), _num(r["pct_of_peak"], ".1f"), _num(r["peak_mib"], ",.0f"),
+            _num(ratios.get(r["id"]), ".2f") + ("x" if r["id"] in ratios else ""),
+            _num(shares.get(r["id"]), ".1f"),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _peak_lines() -> list[str]:
+    return [
+        f"- matmul peak, {device} {precision}: {p['tflops']:.4f} TFLOP/s "
+        f"(({p['size']}, {p['size']}) @ ({p['size']}, {p['size']}), median of {p['reps']} timed batches)"
+        for (device, precision), p in PEAKS.items()
+    ]
+
+
+def _compile_lines(rows: list[dict]) -> list[str]:
+    compiled = [r for r in rows if r["compile"] != "eager"]
+    if not compiled:
+        return []
+    lines = ["", "First call (compilation) of each compiled case, apart from the timed rounds:", ""]
+    lines += ["| case | first call s | compile s (first call - one step) |", "|---|---|---|"]
+    lines += [f"| {r['id']} | {r['first_call_s']:.1f} | {r['compile_s']:.1f} |" for r in compiled]
+    return lines
+
+
+def _skipped_lines() -> list[str]:
+    """The skipped cases grouped by case, as the product of the values they span."""
+    if not SKIPPED:
+        return []
+    reasons = sorted(set(SKIPPED.values()))
+    lines = ["", f"Skipped cases ({'; '.join(reasons)}): {len(SKIPPED)}", ""]
+    specs = [Spec.from_id(i) for i in SKIPPED]
+    for case in dict.fromkeys(s.case for s in specs):
+        group = [s for s in specs if s.case == case]
+        spans = [list(dict.fromkeys(getattr(s, f) for s in group)) for f in Spec._fields[1:]]
+        if math.prod(map(len, spans)) == len(group):  # the whole product: say it in one line
+            product = " x ".join(", ".join(map(str, span)) for span in spans)
+            lines.append(f"- {case}: {len(group)} ({product})")
+        else:
+            lines.append(f"- {case}: {len(group)} ({', '.join(s.id for s in group)})")
+    return lines
+
+
+def summary(rounds: int, target_s: float) -> str:
+    """The markdown summary: machine, the case table, matmul peaks, compile times, skipped cases."""
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        f"Median of {rounds} timed rounds of about {target_s} s each (the data path: one epoch a round), "
+        "after a first call and a warm-up round; FLOPs counted once per case on an eager fp32 step "
+        "(matmuls and convolutions, forward and backward); % of peak against the matmul peak of the "
+        "case's precision on its device. Model cases include the data path, as training does; "
+        "data path % is the share of the step that the data path alone takes.",
+        "",
+        *_table(ROWS),
+        "",
+        "Practical roofline, measured in this run:",
+        "",
+        *_peak_lines(),
+        *_compile_lines(ROWS),
+        *_skipped_lines(),
+    ]
+    return "\n".join(lines) + "\n"
