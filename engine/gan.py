@@ -79,17 +79,24 @@ def make_gan_step(
             disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
         g_batch = {"z": chunks["z"][-1], "disc_params": disc.params, "disc_buffers": disc.buffers}
         gen, g_metrics = g_update(gen, g_batch)
-        ema = _ema_update(state.ema, gen.params, ema_decay, donate)
+        ema = _ema_update(state.ema, gen.params, ema_decay, state.gen.step, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
     return _maybe_compile(step, compile)
 
 
-def _ema_update(ema: Tensors, params: Tensors, decay: float, inplace: bool) -> Tensors:
-    """ema <- decay * ema + (1 - decay) * params, one multi-tensor lerp."""
+def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, inplace: bool) -> Tensors:
+    """ema <- ema + (1 - d) * (params - ema) with d = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up of d (as tf.train.ExponentialMovingAverage's num_updates) keeps the average from
+    holding on to the random initial weights during a short run; d is a tensor, so no recompiles.
+    """
     keys = list(ema)
     old, new = [ema[k] for k in keys], [params[k] for k in keys]
+    t = step.to(torch.float32)
+    weight = 1 - torch.clamp((1 + t) / (10 + t), max=decay)  # 0-d: this step's share of the params
+    delta = torch._foreach_mul(torch._foreach_sub(new, old), weight)
     if inplace:
-        torch._foreach_lerp_(old, new, 1 - decay)
+        torch._foreach_add_(old, delta)
         return ema
-    return dict(zip(keys, torch._foreach_lerp(old, new, 1 - decay)))
+    return dict(zip(keys, torch._foreach_add(old, delta)))

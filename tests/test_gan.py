@@ -166,9 +166,8 @@ def test_gan_step_contract(kind, n_disc, precision):
     # BatchNorm statistics of the generator come back out of the step
     assert not torch.equal(new.gen.buffers["net.1.running_mean"], state.gen.buffers["net.1.running_mean"])
     assert int(new.gen.buffers["net.1.num_batches_tracked"]) == n_disc + 1
-    for name, p in new.gen.params.items():
-        if precision != "fp16":  # fp16 may skip a step whose scaled gradient overflowed
-            torch.testing.assert_close(new.ema[name], torch.lerp(state.ema[name], p, 0.1))
+    for name, p in new.gen.params.items():  # EMA decay warms up: min(0.9, (1 + 0) / (10 + 0)) at step 0
+        torch.testing.assert_close(new.ema[name], torch.lerp(state.ema[name], p, 1 - 0.1))
     if precision == "fp16":
         assert {"d_loss_scale", "g_loss_scale", "d_skipped", "g_skipped"} <= metrics.keys()
 
