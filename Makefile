@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train-ae train-vae eval compare-ae-vae sweep-vae test lint bench clean-runs
+.PHONY: setup train-ae train-vae train-gan eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ train-ae: setup  ## train an auto-encoder (flags: make train-ae ARGS="--arch mlp
 
 train-vae: setup  ## train a VAE (flags: make train-vae ARGS="--arch mlp --latent-dim 2")
 	$(PY) -m experiments.vae $(ARGS)
+
+train-gan: setup  ## train a GAN (flags: make train-gan ARGS="--dataset fashion-mnist --loss hinge --epochs 10")
+	$(PY) -m experiments.gan $(ARGS)
+
+eval-gan: setup  ## score a finished GAN run against the real data: RUN/report.md (make eval-gan RUN=runs/...)
+	@test -n "$(RUN)" || { echo "usage: make eval-gan RUN=<gan run dir> [ARGS=--vae-run runs/vae-...]"; exit 2; }
+	$(PY) -m experiments.eval_gan $(RUN) $(ARGS)
+
+train-classifier: setup  ## retrain the FID/IS feature classifiers committed in models/weights/
+	$(PY) -m experiments.classifier --dataset mnist $(CLASSIFIER_ARGS_MNIST) $(ARGS)
+	$(PY) -m experiments.classifier --dataset fashion-mnist $(CLASSIFIER_ARGS_FASHION) $(ARGS)
 
 eval: setup  ## evaluate a finished AE/VAE run and write RUN/report.md (make eval RUN=runs/...)
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [ARGS=--iwae-k 1000]"; exit 2; }
@@ -37,8 +48,12 @@ test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
 lint: setup
 	$(VENV)/bin/ruff check engine models losses experiments tests bench
 
-bench: setup  ## throughput suite; JSON and a markdown table land in bench/results/
+bench: setup  ## throughput suite; JSON and a markdown table land in bench/results/ (the run before: previous.json)
+	@if [ -f bench/results/latest.json ]; then mv bench/results/latest.json bench/results/previous.json; fi
 	$(PY) -m pytest bench -q -p no:cacheprovider --benchmark-json=bench/results/latest.json $(ARGS)
+
+bench-compare: setup  ## compare the last two bench runs: cases >10% slower flagged, exit 1 if any
+	$(PY) -m bench.compare bench/results/previous.json bench/results/latest.json
 
 clean-runs:
 	rm -rf runs

@@ -5,6 +5,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint, read_metadata, s
 from engine.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist
 from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
+from engine.imagefolder import load_image_folder
 from engine.loader import Loader, eval_batches
 from engine.loop import fit, read_metrics, resume_state
 from engine.optim import Optimizer, adam, adamw, sgd
@@ -28,6 +29,7 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist",
+    "load_image_folder",
     "call_module",
     "load_into",
     "GANState",

@@ -102,6 +102,8 @@ RESUMABLE = (
     "target_loss",
     "device",
     "download",
+    "eval_samples",
+    "target_fid",
 )
 
 

@@ -11,7 +11,7 @@ from engine.data import Dataset, binarize, epoch_permutation, to_unit
 
 def _make_batch(images, labels, gen, noise: dict, dynamic_binarize: bool) -> dict:
     """Scale (and binarise) a gathered uint8 batch and draw the step's noise, all on device."""
-    x = to_unit(images)  # (B, 1, H, W) float32 in [0, 1]
+    x = to_unit(images)  # (B, C, H, W) float32 in [0, 1]
     if dynamic_binarize:
         x = binarize(x, gen)
     batch = {"x": x, "y": labels}
@@ -66,7 +66,7 @@ class Loader:
 
 
 def fixed_images(data: Dataset, seed: int, dynamic_binarize=False) -> torch.Tensor:
-    """The whole split as (N, 1, H, W) floats in [0, 1], binarised once with `seed` when asked:
+    """The whole split as (N, C, H, W) floats in [0, 1], binarised once with `seed` when asked:
     the evaluation set, identical for every model evaluated on it."""
     x = to_unit(data.images)
     if dynamic_binarize:

@@ -16,6 +16,7 @@ from engine.loader import Loader
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
 
 
 class Interrupted(SystemExit):
@@ -101,10 +102,13 @@ def fit(
                 history.append(metrics)
                 done += 1
                 bar.update(1)
-                if done % log_every == 0:  # sync point: read the running loss for the bar
+                if done % log_every == 0:  # sync point: running means for the bar and steps.jsonl
                     rate = len(history) * loader.batch_size / (time.perf_counter() - t0)
                     recent = _mean_metrics(history[-log_every:], "")
-                    bar.set_postfix(loss=f"{recent['loss']:.3f}", samples_s=f"{rate:,.0f}")
+                    with open(run_dir / STEPS, "a") as f:
+                        f.write(json.dumps({"step": done, **recent}) + "\n")
+                    shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
+                    bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
                 if stop.signum is not None or (max_steps and done >= max_steps):
                     break
             bar.close()
@@ -142,12 +146,15 @@ def _epoch_record(epoch, done, history, elapsed, batch_size, evaluate, state) ->
 
 def _summary(record: dict) -> str:
     """One line per epoch for the terminal."""
-    keys = [k for k in ("train_loss", "test_loss", "test_kl") if k in record]
+    names = ("train_loss", "test_loss", "test_kl", "train_d_loss", "train_g_loss", "test_fid", "test_is")
+    keys = [k for k in names if k in record]
     parts = [f"{k} {record[k]:.4f}" for k in keys]
     return f"epoch {record['epoch']}: " + ", ".join(parts) + f", {record['samples_per_s']:,.0f} samples/s"
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """All epoch records of a run."""
-    path = Path(run_dir) / METRICS
+def read_metrics(run_dir, name: str = METRICS) -> list[dict]:
+    """All epoch records of a run (or, with name=STEPS, its running per-step means)."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

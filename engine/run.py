@@ -46,6 +46,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
+    """(train, test) of cfg.dataset on device; an image folder has no held-out split, so both are it."""
+    if cfg.dataset == "imagefolder":
+        from engine.imagefolder import load_image_folder
+
+        if not cfg.image_folder:
+            raise UsageError("--dataset imagefolder needs --image-folder PATH")
+        images = load_image_folder(cfg.image_folder, cfg.image_size, cfg.channels, device=device)
+        return images, images
+    splits = ("train", "test")
+    return tuple(load_dataset(cfg.dataset, s, device=device, download=cfg.download) for s in splits)
+
+
 @dataclass
 class Run:
     """One training run: its config, where it writes, and its data on the device."""
@@ -86,9 +99,7 @@ class Run:
         (run_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # weight initialisation
-        train = load_dataset(cfg.dataset, "train", device=device, download=cfg.download)
-        test = load_dataset(cfg.dataset, "test", device=device, download=cfg.download)
-        return cls(cfg, run_dir, device, train, test)
+        return cls(cfg, run_dir, device, *load_splits(cfg, device))
 
     def init_state(self, model, optimizer):
         """Fresh state for the model (with a loss scaler under fp16)."""
@@ -99,9 +110,11 @@ class Run:
     def dynamic_binarize(self) -> bool:
         return self.config.binarize == "dynamic"
 
-    def loader(self, noise=None) -> Loader:
+    def loader(self, noise=None, batch_size: int | None = None) -> Loader:
+        """Training batches of --batch-size rows (or batch_size, e.g. n_disc batches for a GAN step)."""
+        rows = batch_size or self.config.batch_size
         try:
-            return Loader(self.train, self.config.batch_size, self.config.seed, noise, self.dynamic_binarize)
+            return Loader(self.train, rows, self.config.seed, noise, self.dynamic_binarize)
         except ValueError as e:
             raise UsageError(str(e)) from None
 
@@ -115,7 +128,7 @@ class Run:
 
         return evaluate
 
-    def fit(self, step, state, loader, evaluate, on_epoch_end=None):
+    def fit(self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50):
         """engine.fit with this run's settings, continuing from the checkpoint when resuming."""
         cfg = self.config
         if cfg.resume:
@@ -131,17 +144,23 @@ class Run:
             config=dataclasses.asdict(cfg),
             max_steps=cfg.max_steps,
             on_epoch_end=on_epoch_end,
+            log_every=log_every,
             progress=cfg.progress,
         )
 
-    def finish(self, state, evaluate) -> dict[str, float]:
-        """Save plain weights, print the final test metrics, and enforce --target-loss."""
-        save_weights(self.run_dir / "model.safetensors", state.params, state.buffers)
+    def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:
+        """Save plain weights ({file stem: (params, buffers)}; default model.safetensors), print the
+        final test metrics, and enforce --target-<key> (exit 1 when the metric is above it)."""
+        for stem, (params, buffers) in (weights or {"model": (state.params, state.buffers)}).items():
+            save_weights(self.run_dir / f"{stem}.safetensors", params, buffers)
         final = evaluate(state)
         (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
         print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
-        target = self.config.target_loss
-        if target and not final["loss"] <= target:
-            print(f"error: test loss {final['loss']:.4f} is above --target-loss {target}", file=sys.stderr)
+        target = getattr(self.config, f"target_{target_key}")
+        if target and not final[target_key] <= target:
+            flag = f"--target-{target_key}"
+            print(
+                f"error: test {target_key} {final[target_key]:.4f} is above {flag} {target}", file=sys.stderr
+            )
             raise SystemExit(1)
         return final
