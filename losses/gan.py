@@ -116,9 +116,10 @@ def make_gan_loss(gen, disc, kind: str = "nonsaturating", gp_weight: float = 10.
 
     def disc_loss(params, buffers, batch):
         real, fake = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype)
-        logits, buffers = call_module(disc, params, buffers, torch.cat([real, fake]))  # one D pass
-        real_logits, fake_logits = logits.float().chunk(2)
-        loss, metrics = d_fn(real_logits, fake_logits)
+        # real and fake in separate passes: a BatchNorm discriminator normalises each batch on its own
+        real_logits, buffers = call_module(disc, params, buffers, real)
+        fake_logits, buffers = call_module(disc, params, buffers, fake)
+        loss, metrics = d_fn(real_logits.float(), fake_logits.float())
         if kind == "wgan-gp":
             u = uniform_from_normal(batch["u"]).view(-1, *[1] * (real.dim() - 1))  # (B, 1, 1, 1)
             gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x)[0], real, fake, u)

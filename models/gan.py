@@ -31,9 +31,10 @@ def _up(c_in: int, c_out: int, kernel=4, stride=2, padding=1) -> list[nn.Module]
     ]
 
 
-def _down(c_in: int, c_out: int, kernel=4, stride=2, padding=1) -> list[nn.Module]:
-    """Strided conv and LeakyReLU(0.2); no normalisation, so WGAN-GP's per-sample penalty stays valid."""
-    return [nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.LeakyReLU(0.2)]
+def _down(c_in: int, c_out: int, norm: bool = False) -> list[nn.Module]:
+    """Strided conv, BatchNorm if `norm` (DCGAN; off for WGAN-GP: its penalty is per sample), LeakyReLU."""
+    conv = nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)
+    return [conv, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)] if norm else [conv, nn.LeakyReLU(0.2)]
 
 
 class Generator(nn.Module):
@@ -62,7 +63,7 @@ class Discriminator(nn.Module):
         return self.net(x).flatten(1)[:, 0]  # (B,)
 
 
-def dcgan28(latent_dim: int, channels: int = 1, width: int = 64) -> tuple[nn.Sequential, nn.Sequential]:
+def dcgan28(latent_dim: int, channels=1, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
     """28x28: z -> 7x7x2W -> 14x14xW -> 28x28xC, and 28 -> 14x14xW -> 7x7x2W -> logit."""
     gen = nn.Sequential(
         *_up(latent_dim, 2 * width, kernel=7, stride=1, padding=0),  # (B, 2W, 7, 7)
@@ -72,13 +73,13 @@ def dcgan28(latent_dim: int, channels: int = 1, width: int = 64) -> tuple[nn.Seq
     )
     disc = nn.Sequential(
         *_down(channels, width),  # (B, W, 14, 14)
-        *_down(width, 2 * width),  # (B, 2W, 7, 7)
+        *_down(width, 2 * width, norm),  # (B, 2W, 7, 7)
         nn.Conv2d(2 * width, 1, 7),  # (B, 1, 1, 1)
     )
     return gen, disc
 
 
-def dcgan64(latent_dim: int, channels: int = 3, width: int = 64) -> tuple[nn.Sequential, nn.Sequential]:
+def dcgan64(latent_dim: int, channels=3, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
     """64x64, the DCGAN paper's layout: z -> 4x4x8W -> 8x8x4W -> 16x16x2W -> 32x32xW -> 64x64xC."""
     gen = nn.Sequential(
         *_up(latent_dim, 8 * width, stride=1, padding=0),  # (B, 8W, 4, 4)
@@ -89,10 +90,10 @@ def dcgan64(latent_dim: int, channels: int = 3, width: int = 64) -> tuple[nn.Seq
         nn.Tanh(),
     )
     disc = nn.Sequential(
-        *_down(channels, width),  # (B, W, 32, 32)
-        *_down(width, 2 * width),
-        *_down(2 * width, 4 * width),
-        *_down(4 * width, 8 * width),  # (B, 8W, 4, 4)
+        *_down(channels, width),  # (B, W, 32, 32): no BatchNorm on the input layer (DCGAN)
+        *_down(width, 2 * width, norm),
+        *_down(2 * width, 4 * width, norm),
+        *_down(4 * width, 8 * width, norm),  # (B, 8W, 4, 4)
         nn.Conv2d(8 * width, 1, 4),
     )
     return gen, disc
@@ -120,15 +121,16 @@ def mlp_gan(latent_dim: int, image_shape, width: int = 256) -> tuple[nn.Sequenti
     return gen, disc
 
 
-def build_gan(arch: str, image_shape, latent_dim: int = 100, width: int = 64):
-    """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised."""
+def build_gan(arch: str, image_shape, latent_dim: int = 100, width: int = 64, disc_norm: bool = True):
+    """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised; disc_norm=False
+    drops the discriminator's BatchNorm (needed by WGAN-GP)."""
     c, h, w = image_shape
     if arch == "mlp":
         gen, disc = mlp_gan(latent_dim, image_shape, 4 * width)
     elif arch == "dcgan" and h == w == 28:
-        gen, disc = dcgan28(latent_dim, c, width)
+        gen, disc = dcgan28(latent_dim, c, width, disc_norm)
     elif arch == "dcgan" and h == w == 64:
-        gen, disc = dcgan64(latent_dim, c, width)
+        gen, disc = dcgan64(latent_dim, c, width, disc_norm)
     else:
         raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
     pair = Generator(gen, latent_dim, image_shape), Discriminator(disc)
