@@ -1,0 +1,163 @@
+"""Generated-vs-real quality metrics on classifier features: FID, Inception Score, precision/recall, kNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from engine.checkpoint import CheckpointError
+from engine.data import DATASETS, DataError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+_PAIRS_PER_CHUNK = 8_000_000  # float64 distances held at once (64 MB): 800 x 10,000 rows at a time
+
+
+def classifier_path(dataset: str) -> Path:
+    """Where the committed classifier for `dataset` lives."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    return WEIGHTS_DIR / f"classifier-{dataset}.safetensors"
+
+
+def load_classifier(dataset: str, device="cpu"):
+    """The trained feature classifier for `dataset` (mnist or fashion-mnist), in eval mode on `device`."""
+    from models.classifier import build_classifier  # engine stays importable without models/
+
+    path = classifier_path(dataset)
+    if not path.exists():
+        raise CheckpointError(
+            f"no classifier weights at {path}: run `make train-classifier` "
+            f"(python -m experiments.classifier --dataset {dataset})"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            width = int((f.metadata() or {}).get("width", 32))
+        model = build_classifier(width)
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as e:  # unreadable file or a state_dict that does not fit the architecture
+        raise CheckpointError(f"{path} is not a loadable classifier ({type(e).__name__}: {e})") from None
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def classifier_outputs(model, images: torch.Tensor, batch_size: int = 1000):
+    """(features (N, F) float32, logits (N, 10) float32), both on the CPU, for images (N, 1, 28, 28)
+    in [0, 1], run through `model` on its own device `batch_size` images at a time."""
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"images must be (N, 1, 28, 28), got {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    feats, logits = [], []
+    for chunk in images.split(batch_size):
+        f = model.features(chunk.to(device, torch.float32))  # (b, F)
+        feats.append(f.float().cpu())
+        logits.append(model.head(f).float().cpu())
+    return torch.cat(feats), torch.cat(logits)
+
+
+def gaussian_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (F,) and unbiased covariance (F, F) of feats (N, F), in float64."""
+    if feats.dim() != 2 or len(feats) < 2:
+        raise ValueError(f"need a (N >= 2, F) feature matrix, got {tuple(feats.shape)}")
+    x = feats.to(torch.float64)
+    return x.mean(0), torch.cov(x.T)
+
+
+def _sqrt_psd(sigma: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
+    vals, vecs = torch.linalg.eigh(sigma)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def frechet_from_stats(mu_a, sigma_a, mu_b, sigma_b) -> float:
+    """Squared Frechet (2-Wasserstein) distance between N(mu_a, sigma_a) and N(mu_b, sigma_b):
+    ||mu_a - mu_b||^2 + tr(Sa) + tr(Sb) - 2 tr((Sa^1/2 Sb Sa^1/2)^1/2), in float64."""
+    mu_a, mu_b, sigma_a, sigma_b = (t.to(torch.float64) for t in (mu_a, mu_b, sigma_a, sigma_b))
+    root_a = _sqrt_psd(sigma_a)
+    middle = root_a @ sigma_b @ root_a
+    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    fd = (mu_a - mu_b).square().sum() + sigma_a.trace() + sigma_b.trace() - 2 * cross
+    return float(fd)
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """FID between Gaussians fitted to two feature sets (N_a, F) and (N_b, F)."""
+    return frechet_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p(y) the part's mean
+    prediction (Salimans et al. 2016; the compare_gan protocol). 1 = no information, max = #classes."""
+    if len(logits) < splits:
+        raise ValueError(f"need at least {splits} predictions for {splits} splits, got {len(logits)}")
+    log_p = torch.log_softmax(logits.to(torch.float64), dim=1)  # (N, C)
+    scores = []
+    for part in torch.tensor_split(log_p, splits):
+        p = part.exp()
+        log_py = p.mean(0).log()  # (C,)
+        kl = torch.where(p > 0, p * (part - log_py), 0.0).sum(1)  # (n,) KL per image
+        scores.append(kl.mean().exp())
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def _chunk_rows(n_cols: int) -> int:
+    return max(1, _PAIRS_PER_CHUNK // max(n_cols, 1))
+
+
+def _knn_distances(query: torch.Tensor, reference: torch.Tensor, k: int):
+    """(distances, indices), each (Q, k), of the k nearest reference rows to each query row."""
+    q, r = query.to(torch.float64), reference.to(torch.float64)
+    if k > len(r):
+        raise ValueError(f"k={k} exceeds the {len(r)} reference points")
+    dists, idxs = [], []
+    for chunk in q.split(_chunk_rows(len(r))):
+        d, i = torch.cdist(chunk, r).topk(k, dim=1, largest=False)  # sorted, nearest first
+        dists.append(d)
+        idxs.append(i)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def nearest_neighbours(query_feats: torch.Tensor, reference_feats: torch.Tensor, k: int = 1):
+    """Indices (Q, k) of the k nearest reference rows (Euclidean) to each query row, nearest first."""
+    return _knn_distances(query_feats, reference_feats, k)[1]
+
+
+def _knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row (the row itself, at 0, is skipped)."""
+    return _knn_distances(feats, feats, k + 1)[0][:, k]
+
+
+def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN hyperspheres.
+
+    precision: the fraction of fake samples inside some real sample's ball (radius: distance to its
+    k-th nearest real neighbour); recall: the fraction of real samples inside some fake sample's ball.
+    """
+    real, fake = real_feats.to(torch.float64), fake_feats.to(torch.float64)
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    fake_in_real = torch.zeros(len(fake), dtype=torch.bool)
+    real_in_fake = torch.zeros(len(real), dtype=torch.bool)
+    step = _chunk_rows(len(real))
+    for start in range(0, len(fake), step):
+        d = torch.cdist(fake[start : start + step], real)  # (c, N_real)
+        fake_in_real[start : start + step] = (d <= r_real).any(1)
+        real_in_fake |= (d <= r_fake[start : start + step, None]).any(0)
+    return float(fake_in_real.double().mean()), float(real_in_fake.double().mean())
+
+
+def image_quality(model, real_images: torch.Tensor, fake_images: torch.Tensor, k: int = 3) -> dict:
+    """FID, Inception Score (of the fake images) and precision/recall on `model`'s features."""
+    real_f, _ = classifier_outputs(model, real_images)
+    fake_f, fake_logits = classifier_outputs(model, fake_images)
+    is_mean, is_std = inception_score(fake_logits)
+    precision, recall = precision_recall(real_f, fake_f, k)
+    return {
+        "fid": frechet_distance(real_f, fake_f),
+        "inception_score": is_mean,
+        "inception_score_std": is_std,
+        "precision": precision,
+        "recall": recall,
+    }

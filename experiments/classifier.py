@@ -1,0 +1,98 @@
+"""Train the CNN whose features score generated images (FID, IS, precision/recall):
+`python -m experiments.classifier --help`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import engine
+from engine.checkpoint import atomic_write
+from engine.config import RunConfig, UsageError, option
+from engine.plots import plot_curves
+from engine.run import Run, main_guard
+from losses.classify import SHIFT_NOISE, make_classifier_loss
+from models.classifier import build_classifier
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(RunConfig):
+    epochs: int = option(8, "passes over the training set (the shipped weights: 8)")
+    width: int = option(32, "channels of the first conv stage (the second has twice as many)")
+    weight_decay: float = option(0.01, "decoupled (AdamW) weight decay")
+    warmup: int = option(200, "steps of linear learning-rate warm-up before the cosine decay")
+    max_shift: int = option(2, "augment: move training images by up to this many pixels (0: off)")
+    export: bool = option(True, "write models/weights/classifier-<dataset>.safetensors when done")
+    target_accuracy: float = option(0.0, "exit 1 if the final test accuracy is below this (0: none)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.width < 1:
+            raise UsageError(f"--width must be at least 1, got {self.width}")
+        if self.weight_decay < 0 or self.warmup < 0 or self.max_shift < 0:
+            raise UsageError("--weight-decay, --warmup and --max-shift must be >= 0")
+
+
+def export_weights(run: Run, state, accuracy: float, argv) -> Path:
+    """The trained weights as a plain state_dict, with how they were made in the metadata."""
+    cfg = run.config
+    path = WEIGHTS_DIR / f"classifier-{cfg.dataset}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.params.items()}
+    meta = {
+        "format": "weights",
+        "command": shlex.join(["python", "-m", "experiments.classifier", *argv]),
+        "dataset": cfg.dataset,
+        "width": str(cfg.width),
+        "max_shift": str(cfg.max_shift),
+        "test_accuracy": f"{accuracy:.4f}",
+        "torch": torch.__version__,
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return path
+
+
+@main_guard
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run = Run.start(ClassifierConfig, argv, "classifier", tag=lambda c: "cnn")
+    cfg = run.config
+    model = build_classifier(cfg.width).to(run.device)
+    loss_fn = make_classifier_loss(model, cfg.max_shift)
+    total = cfg.epochs * (len(run.train.images) // cfg.batch_size)
+    schedule = engine.cosine(cfg.lr, min(total, cfg.max_steps or total), cfg.warmup)
+    optimizer = engine.adam(schedule, weight_decay=cfg.weight_decay, decoupled=True)
+    step = engine.make_train_step(
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
+    )
+    evaluate = run.evaluator(loss_fn)
+    panels = [("cross entropy", "ce"), ("accuracy", "accuracy")]
+    title = f"CNN classifier width {cfg.width} on {cfg.dataset}"
+    state = run.fit(
+        step,
+        run.init_state(model, optimizer),
+        run.loader({SHIFT_NOISE: (2,)} if cfg.max_shift else None),  # evaluation: no shift draws
+        evaluate,
+        on_epoch_end=lambda s, _: plot_curves(
+            engine.read_metrics(run.run_dir), panels, run.run_dir / "loss.png", title
+        ),
+    )
+    final = run.finish(state, evaluate)
+    print(f"test accuracy {100 * final['accuracy']:.2f}% on {cfg.dataset}")
+    if cfg.target_accuracy and not final["accuracy"] >= cfg.target_accuracy:  # keep the old export
+        print(f"error: test accuracy {final['accuracy']:.4f} is below --target-accuracy", file=sys.stderr)
+        raise SystemExit(1)
+    if cfg.export:
+        print(f"weights written to {export_weights(run, state, final['accuracy'], argv)}")
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Quality metrics against closed forms and planted answers: FID, Inception Score, precision/recall, kNN."""
+
+import math
+
+import pytest
+import torch
+
+from engine.quality import (
+    frechet_distance,
+    frechet_from_stats,
+    gaussian_stats,
+    inception_score,
+    nearest_neighbours,
+    precision_recall,
+)
+
+
+def _feats(n=2000, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) / 4  # correlated
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = _feats()
+    scale = 2 * gaussian_stats(x)[1].trace().item()
+    assert abs(frechet_distance(x, x)) <= 1e-6 * scale
+    assert abs(frechet_distance(x, x[torch.randperm(len(x))])) <= 1e-6 * scale
+
+
+def test_fid_of_a_shifted_set_is_the_squared_shift_and_grows_with_it():
+    x = _feats()
+    offsets = [0.1, 0.5, 1.0, 2.0, 4.0]
+    fids = [frechet_distance(x, x + c) for c in offsets]
+    assert all(a < b for a, b in zip(fids, fids[1:]))
+    # Shifting keeps the covariance, so only the mean term remains: ||c * 1||^2 = c^2 d.
+    assert fids == pytest.approx([c * c * x.shape[1] for c in offsets], rel=1e-6)
+
+
+def test_fid_matches_the_closed_form_for_diagonal_gaussians():
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.5])
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    exact = ((mu_a - mu_b) ** 2).sum() + (var_a + var_b - 2 * (var_a * var_b).sqrt()).sum()
+    fid = frechet_from_stats(mu_a, torch.diag(var_a), mu_b, torch.diag(var_b))
+    assert fid == pytest.approx(exact.item(), rel=1e-12)
+    g = torch.Generator().manual_seed(1)
+    a = mu_a + var_a.sqrt() * torch.randn(200_000, 3, generator=g)
+    b = mu_b + var_b.sqrt() * torch.randn(200_000, 3, generator=g)
+    assert frechet_distance(a, b) == pytest.approx(exact.item(), rel=0.02)
+
+
+def test_fid_cross_term_matches_the_eigenvalues_of_the_covariance_product():
+    # tr((Sa^1/2 Sb Sa^1/2)^1/2) = sum sqrt(eig(Sa Sb)); an independent route for non-commuting Sa, Sb.
+    sa, sb = gaussian_stats(_feats(seed=2))[1], gaussian_stats(_feats(seed=3))[1]
+    zero = torch.zeros(len(sa), dtype=torch.float64)
+    cross = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()
+    expected = (sa.trace() + sb.trace() - 2 * cross).item()
+    assert frechet_from_stats(zero, sa, zero, sb) == pytest.approx(expected, rel=1e-8)
+
+
+def test_inception_score_of_confident_spread_predictions_is_the_number_of_classes():
+    labels = torch.arange(1000) % 10
+    logits = 50.0 * torch.nn.functional.one_hot(labels, 10).float()
+    mean, std = inception_score(logits, splits=10)
+    assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inception_score_of_a_constant_prediction_is_one():
+    logits = torch.randn(1, 10).expand(500, 10)
+    assert inception_score(logits, splits=5) == pytest.approx((1.0, 0.0), abs=1e-9)
+    confident_one_class = torch.zeros(500, 10)
+    confident_one_class[:, 3] = 100.0
+    assert inception_score(confident_one_class)[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_inception_score_lies_between_one_and_the_number_of_classes():
+    mean, _ = inception_score(torch.randn(2000, 10, generator=torch.Generator().manual_seed(0)))
+    assert 1.0 < mean < 10.0
+
+
+def test_precision_recall_of_identical_sets_is_one():
+    x = _feats()
+    assert precision_recall(x, x[torch.randperm(len(x))], k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero():
+    x = _feats()
+    assert precision_recall(x, x + 1000.0, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_tell_a_collapsed_generator_from_a_scattered_one():
+    g = torch.Generator().manual_seed(4)
+    real = torch.randn(2000, 2, generator=g)
+    collapsed = 0.1 * torch.randn(2000, 2, generator=g)  # realistic but covers only the centre
+    precision, recall = precision_recall(real, collapsed)
+    assert precision > 0.95 and recall < 0.2
+    scattered = 4.0 * torch.randn(2000, 2, generator=g)  # covers everything, mostly off the data
+    precision, recall = precision_recall(real, scattered)
+    assert precision < 0.6 and recall > 0.95
+
+
+def test_precision_recall_chunks_large_sets(monkeypatch):
+    import engine.quality as quality
+
+    real, fake = _feats(1500, 8, seed=5), _feats(1200, 8, seed=6) + 0.3
+    whole = precision_recall(real, fake)
+    monkeypatch.setattr(quality, "_PAIRS_PER_CHUNK", 1500 * 7)  # 7 rows per chunk, ragged last chunk
+    assert precision_recall(real, fake) == whole
+    assert 0.0 < whole[0] < 1.0 and 0.0 < whole[1] < 1.0
+
+
+def test_nearest_neighbours_find_planted_copies(monkeypatch):
+    import engine.quality as quality
+
+    reference = torch.randn(5000, 16, generator=torch.Generator().manual_seed(7))
+    planted = torch.randperm(5000, generator=torch.Generator().manual_seed(8))[:300]
+    query = reference[planted] + 1e-4 * torch.randn(300, 16)
+    assert torch.equal(nearest_neighbours(query, reference)[:, 0], planted)
+    monkeypatch.setattr(quality, "_PAIRS_PER_CHUNK", 5000 * 13)
+    top3 = nearest_neighbours(query, reference, k=3)
+    assert top3.shape == (300, 3) and torch.equal(top3[:, 0], planted)
+    d = torch.cdist(query.double(), reference.double())
+    assert torch.equal(top3, d.topk(3, largest=False).indices)
+
+
+def test_gaussian_stats_match_torch_reference():
+    x = _feats(500, 4)
+    mu, sigma = gaussian_stats(x)
+    assert mu.dtype == torch.float64 and sigma.shape == (4, 4)
+    centred = x.double() - x.double().mean(0)
+    assert torch.allclose(sigma, centred.T @ centred / (len(x) - 1))
+    assert math.isfinite(frechet_distance(x[:, :1].expand(-1, 4), x))  # singular covariance
