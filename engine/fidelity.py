@@ -1,0 +1,55 @@
+"""Generated-vs-real scores: sample a generator, embed with the project's classifier, compare with test."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.data import Dataset, to_unit
+from engine.quality import (
+    classifier_outputs,
+    frechet_distance,
+    inception_score,
+    load_classifier,
+    precision_recall,
+)
+
+
+@torch.no_grad()
+def sample_images(generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = 500):
+    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed`.
+
+    generate(params, buffers, z) -> (images in [-1, 1], buffers). BatchNorm runs on batch statistics,
+    as pytorch/examples' DCGAN samples; the returned buffers are dropped, so nothing is mutated.
+    """
+    device = next(iter(params.values())).device
+    z = torch.randn(n, latent_dim, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    out = [generate(params, buffers, z[i : i + batch])[0].float() for i in range(0, n, batch)]
+    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+
+def random_subset(data: Dataset, n: int, seed: int) -> torch.Tensor:
+    """n images of a split in [0, 1], (n, 1, H, W), chosen without replacement with `seed`."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randperm(len(data.images), generator=g)[:n].to(data.images.device)
+    return to_unit(data.images[idx])
+
+
+class RealReference:
+    """The test split as the project's classifier sees it: features and logits computed once."""
+
+    def __init__(self, dataset: str, test: Dataset, device="cpu"):
+        self.classifier = load_classifier(dataset, device)
+        self.features, self.logits = classifier_outputs(self.classifier, to_unit(test.images))
+
+    def embed(self, images: torch.Tensor):
+        """(features (N, F), logits (N, 10)) of images (N, 1, H, W) in [0, 1]."""
+        return classifier_outputs(self.classifier, images)
+
+    def score(self, images: torch.Tensor, recall: bool = True) -> dict[str, float]:
+        """FID against the test split, classifier IS, and (optionally) k=3 precision and recall."""
+        feats, logits = self.embed(images)
+        is_mean, is_std = inception_score(logits)
+        out = {"fid": frechet_distance(feats, self.features), "is": is_mean, "is_std": is_std}
+        if recall:
+            out["precision"], out["recall"] = precision_recall(self.features, feats, k=3)
+        return out

@@ -1,0 +1,165 @@
+"""The GAN experiment and its evaluation end to end: real MNIST, image folders, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision.io import write_png
+
+from engine.data import load_dataset
+from engine.fidelity import RealReference, sample_images
+from losses.gan import make_gan_loss
+from models.gan import build_gan
+from tests.conftest import run_cli
+
+FAST = ["--no-compile", "--no-progress", "--batch-size", "256"]
+
+
+def _records(run_dir, name="metrics.jsonl"):
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def mlp_gan_run(data_root, tmp_path_factory):
+    """One epoch of the MLP GAN on MNIST, scored on 2,000 samples."""
+    run = tmp_path_factory.mktemp("gan") / "run"
+    args = [*FAST, "--arch", "mlp", "--epochs", "1", "--eval-samples", "2000", "--run-dir", run]
+    run_cli("experiments.gan", [*args, "--lr", "5e-4", "--target-fid", "1e6"], data_root)
+    return run
+
+
+def test_gan_learns_on_mnist_and_writes_its_run_directory(data_root, mlp_gan_run):
+    run = mlp_gan_run
+    (record,) = _records(run)
+    assert {
+        "train_d_loss",
+        "train_g_loss",
+        "train_d_real",
+        "train_d_fake",
+        "test_fid",
+        "test_is",
+    } <= record.keys()
+    steps = _records(run, "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(10, 234 + 1, 10))
+    # the trained generator is far closer to the test set than the same network untrained
+    test = load_dataset("mnist", "test", root=data_root)
+    reference = RealReference("mnist", test)
+    torch.manual_seed(0)
+    gen, disc = build_gan("mlp", (1, 28, 28), 100, 64)  # experiments.gan defaults
+    untrained = reference.score(
+        sample_images(make_gan_loss(gen, disc).generate, *_tensors(gen), 2000, 100, 0)
+    )
+    final = json.loads((run / "final.json").read_text())
+    assert final["fid"] < 0.5 * untrained["fid"] and final["is"] > untrained["is"]
+    assert 0 <= final["precision"] <= 1 and 0 <= final["recall"] <= 1
+    for name in ("losses_per_step.png", "losses_per_epoch.png", "fid_is.png", "samples_vs_real.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG", name
+    assert (run / "progress.gif").read_bytes()[:3] == b"GIF"
+    weights = load_file(str(run / "generator.safetensors"))
+    gen.load_state_dict(weights, strict=True)
+
+
+def _tensors(module):
+    return dict(module.named_parameters()), dict(module.named_buffers())
+
+
+def test_eval_gan_writes_the_table_with_floor_and_vae_rows(data_root, mlp_gan_run, tmp_path):
+    vae = tmp_path / "vae"
+    run_cli("experiments.vae", [*FAST, "--arch", "mlp", "--max-steps", "30", "--run-dir", vae], data_root)
+    proc = run_cli("experiments.eval_gan", [mlp_gan_run, "--vae-run", vae, "--samples", "1000"], data_root)
+    result = json.loads((mlp_gan_run / "eval.json").read_text())
+    rows = result["rows"]
+    floor = rows["real training images (the floor)"]
+    gan = next(r for name, r in rows.items() if name.startswith("GAN"))
+    assert 0 < floor["fid"] < gan["fid"] and floor["precision"] > 0.5 and floor["recall"] > 0.5
+    assert any(name.startswith("VAE samples") for name in rows)
+    assert rows["real test images (vs themselves)"]["is"] > 9.0
+    report = (mlp_gan_run / "report.md").read_text()
+    assert "| real training images (the floor) |" in report and "nearest_neighbours.png" in report
+    assert (mlp_gan_run / "nearest_neighbours.png").exists() and "report.md" in proc.stdout
+
+
+def _train(data_root, run_dir, max_steps, resume=False):
+    args = [
+        *FAST,
+        "--arch",
+        "mlp",
+        "--loss",
+        "wgan-gp",
+        "--n-disc",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "128",
+    ]
+    args += ["--eval-samples", "0", "--max-steps", max_steps]
+    args += ["--resume", run_dir] if resume else ["--run-dir", run_dir]
+    run_cli("experiments.gan", args, data_root)
+
+
+def test_gan_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path):
+    """WGAN-GP with two critic steps per generator step, interrupted mid-epoch."""
+    n, k = 40, 15
+    _train(data_root, tmp_path / "straight", n)
+    _train(data_root, tmp_path / "split", k)
+    _train(data_root, tmp_path / "split", n, resume=True)
+    a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and {"gen/step", "disc/step", "ema/net.0.weight"} <= a.keys()
+    assert not [key for key in a if not torch.equal(a[key], b[key])]
+    assert int(a["gen/step"]) == n and int(a["disc/step"]) == 2 * n
+
+
+def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
+    folder = tmp_path / "art"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(40):
+        h, w = 60 + 7 * (i % 5), 80 - 5 * (i % 4)
+        write_png((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), str(folder / f"img{i:02d}.png"))
+    (folder / "broken.png").write_bytes(b"not a png")
+    run = tmp_path / "run"
+    args = ["--no-compile", "--no-progress", "--dataset", "imagefolder", "--image-folder", folder]
+    args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run]
+    proc = run_cli("experiments.gan", args, data_root)
+    assert "broken.png" in proc.stderr
+    assert len(_records(run)) == 1 and (run / "progress.gif").exists()
+    weights = load_file(str(run / "generator.safetensors"))
+    assert weights["net.12.weight"].shape == (8, 3, 4, 4)  # the last transposed conv: 64x64 RGB out
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--dataset", "imagefolder"], "needs --image-folder"),
+        (["--dataset", "imagefolder", "--image-folder", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["--dataset", "imagefolder", "--image-folder", ".", "--target-fid", "5"], "--target-fid needs"),
+        (["--loss", "minimax"], "invalid choice"),
+        (["--n-disc", "0"], "--n-disc must be"),
+        (
+            [
+                "--arch",
+                "dcgan",
+                "--dataset",
+                "imagefolder",
+                "--image-folder",
+                "{empty}",
+                "--image-size",
+                "32",
+            ],
+            "",
+        ),
+    ],
+)
+def test_bad_gan_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    proc = run_cli("experiments.gan", [*FAST, "--run-dir", tmp_path / "r", *args], data_root, expect=2)
+    assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
+
+
+def test_eval_gan_refuses_a_run_that_is_not_a_gan(data_root, tmp_path):
+    proc = run_cli("experiments.eval_gan", [tmp_path], data_root, expect=2)
+    assert "not a finished GAN run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
