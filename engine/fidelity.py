@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.data import Dataset, to_unit
-from engine.quality import (
-    classifier_outputs,
-    frechet_distance,
-    inception_score,
-    load_classifier,
-    precision_recall,
-)
+from engine.quality import classifier_outputs, compare_features, load_classifier
 
 
 @torch.no_grad()
@@ -48,8 +42,4 @@ class RealReference:
     def score(self, images: torch.Tensor, recall: bool = True) -> dict[str, float]:
         """FID against the test split, classifier IS, and (optionally) k=3 precision and recall."""
         feats, logits = self.embed(images)
-        is_mean, is_std = inception_score(logits)
-        out = {"fid": frechet_distance(feats, self.features), "is": is_mean, "is_std": is_std}
-        if recall:
-            out["precision"], out["recall"] = precision_recall(self.features, feats, k=3)
-        return out
+        return compare_features(self.features, feats, logits, recall)

@@ -148,16 +148,11 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     return float(fake_in_real.double().mean()), float(real_in_fake.double().mean())
 
 
-def image_quality(model, real_images: torch.Tensor, fake_images: torch.Tensor, k: int = 3) -> dict:
-    """FID, Inception Score (of the fake images) and precision/recall on `model`'s features."""
-    real_f, _ = classifier_outputs(model, real_images)
-    fake_f, fake_logits = classifier_outputs(model, fake_images)
+def compare_features(real_feats, fake_feats, fake_logits, recall: bool = True) -> dict[str, float]:
+    """FID of the fake features against the real ones, IS of the fake logits, and (optionally) k=3
+    precision and recall: the generated-vs-real table row."""
     is_mean, is_std = inception_score(fake_logits)
-    precision, recall = precision_recall(real_f, fake_f, k)
-    return {
-        "fid": frechet_distance(real_f, fake_f),
-        "inception_score": is_mean,
-        "inception_score_std": is_std,
-        "precision": precision,
-        "recall": recall,
-    }
+    out = {"fid": frechet_distance(real_feats, fake_feats), "is": is_mean, "is_std": is_std}
+    if recall:
+        out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, k=3)
+    return out
