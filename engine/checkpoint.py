@@ -1,7 +1,8 @@
-"""Checkpoints: the whole state in one safetensors file, config and versions in its metadata."""
+"""Checkpoints: the whole state in one safetensors file; config, versions and a checksum in its metadata."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -20,8 +21,21 @@ class CheckpointError(Exception):
     """A checkpoint is missing, unreadable or does not fit the model; the message is one line."""
 
 
+class CorruptCheckpoint(CheckpointError):
+    """The file is truncated, not ours, or its tensors do not match its checksum: an older one may do."""
+
+
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "format": FORMAT}
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a crash after it cannot bring the old entry back)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -35,11 +49,18 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
+
+
+def checkpoint_digest(flat: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """sha256 over the metadata (but the digest) and every CPU tensor's name, dtype, shape and bytes,
+    in sorted name order: any changed byte of the file changes it (or makes it unparseable)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for key in sorted(flat):
+        t = flat[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, no copy
+    return h.hexdigest()
 
 
 def save_checkpoint(path, state, extra=None, config=None) -> None:
@@ -48,28 +69,54 @@ def save_checkpoint(path, state, extra=None, config=None) -> None:
     flat.update({f"extra/{k}": v for k, v in flatten_state(extra or {}).items()})
     # safetensors wants contiguous tensors that share no storage; CPU copies also free the device.
     flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in flat.items()}
-    meta = {"format": FORMAT, "config": json.dumps(config or {}), "versions": json.dumps(versions())}
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(config or {}),
+        "versions": json.dumps(versions()),
+    }
+    meta["sha256"] = checkpoint_digest(flat, meta)
     atomic_write(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=meta))
 
 
-def read_metadata(path) -> dict:
-    """The checkpoint's config and versions, without loading its tensors."""
+def _raw_metadata(path) -> dict[str, str]:
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({e})") from None
+    except Exception as e:  # truncated, a pickle, random bytes: safetensors parses no code, only a header
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorruptCheckpoint(f"{path} is not a readable safetensors checkpoint ({reason})") from None
+
+
+def read_metadata(path) -> dict:
+    """The checkpoint's config, versions and checksum, without loading its tensors."""
+    return _parse_metadata(path, _raw_metadata(path))
+
+
+def _parse_metadata(path, meta: dict[str, str]) -> dict:
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a purestep checkpoint (format {meta.get('format')!r})")
-    return {"config": json.loads(meta["config"]), "versions": json.loads(meta["versions"])}
+        raise CorruptCheckpoint(f"{path} is not a purestep checkpoint (format {meta.get('format')!r})")
+    try:
+        config, vers = json.loads(meta["config"]), json.loads(meta["versions"])
+    except (KeyError, ValueError):
+        raise CorruptCheckpoint(f"{path} has damaged metadata (config/versions)") from None
+    # checkpoints written before checksums existed have none; they load unverified
+    return {"config": config, "versions": vers, "sha256": meta.get("sha256")}
 
 
 def load_checkpoint(path, template, extra_template=None, device="cpu"):
-    """Load (state, extra, metadata) shaped like `template`; a mismatch is a CheckpointError."""
-    meta = read_metadata(path)
-    flat = load_file(str(path), device=str(device))
+    """Load (state, extra, metadata) shaped like `template`; verifies the checksum first.
+
+    A damaged file raises CorruptCheckpoint, a file of another model or shape CheckpointError."""
+    raw = _raw_metadata(path)
+    meta = _parse_metadata(path, raw)
+    try:
+        flat = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise CorruptCheckpoint(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    if meta["sha256"] is not None and checkpoint_digest(flat, raw) != meta["sha256"]:
+        raise CorruptCheckpoint(f"{path} is corrupt: its contents do not match the checksum in its metadata")
     expected = flatten_state(template)
     for key, ref in expected.items():
         got = flat.get(key)
@@ -78,6 +125,7 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
             raise CheckpointError(
                 f"{path} does not fit this model: {key} is {found}, expected {tuple(ref.shape)} {ref.dtype}"
             )
+    flat = {k: v.to(device) for k, v in flat.items()}
     state = unflatten_state(flat, template)
     extra = {k[len("extra/") :]: v for k, v in flat.items() if k.startswith("extra/")}
     if extra_template is not None:

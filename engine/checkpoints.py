@@ -1,0 +1,142 @@
+"""A run's checkpoints: step-numbered files in run_dir/checkpoints, the newest K kept and linked as latest."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import CheckpointError, CorruptCheckpoint, fsync_dir, load_checkpoint, save_checkpoint
+from engine.config import RESUMABLE
+from engine.loader import Loader
+from engine.state import flatten_state
+
+LATEST = "checkpoint.safetensors"  # run_dir/LATEST: a relative symlink to the newest checkpoint
+FOLDER = "checkpoints"
+_STEP_FILE = re.compile(r"step-(\d+)\.safetensors")
+
+
+def step_path(run_dir, step: int) -> Path:
+    return Path(run_dir) / FOLDER / f"step-{step:08d}.safetensors"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """The run's checkpoint files, newest step first; a run from before rotation has its one file."""
+    run_dir = Path(run_dir)
+    folder = run_dir / FOLDER
+    steps = [(int(m[1]), p) for p in folder.glob("step-*") if (m := _STEP_FILE.fullmatch(p.name))]
+    paths = [p for _, p in sorted(steps, reverse=True)]
+    latest = run_dir / LATEST
+    if latest.is_file() and not latest.is_symlink():
+        paths.append(latest)
+    return paths
+
+
+def has_checkpoint(run_dir) -> bool:
+    """Whether a run has written anything a new run would overwrite (a dangling link counts)."""
+    return bool(list_checkpoints(run_dir)) or (Path(run_dir) / LATEST).is_symlink()
+
+
+def remove_stale_temps(run_dir) -> None:
+    """Delete the temporary files a killed process left behind (.name.tmpPID: never renamed in)."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / FOLDER):
+        for tmp in folder.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def _link_latest(run_dir: Path, target: Path) -> None:
+    """Point run_dir/LATEST at target: a fresh symlink renamed over the old one (atomic)."""
+    link = run_dir / LATEST
+    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, run_dir), tmp)
+    os.replace(tmp, link)
+    fsync_dir(run_dir)
+
+
+def write_checkpoint(run_dir, step: int, state, extra, config, keep: int) -> Path:
+    """Save checkpoints/step-<step>.safetensors atomically, link it as latest, keep the newest `keep`."""
+    run_dir = Path(run_dir)
+    path = step_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, state, extra, config)
+    _link_latest(run_dir, path)
+    for old in list_checkpoints(run_dir)[keep:]:  # only after the new one is safely in place
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def load_newest(run_dir, template, extra_template=None, device="cpu", warn=_warn):
+    """(state, extra, metadata, path, corrupt) from the newest intact checkpoint.
+
+    Each damaged newer file is reported in one line through `warn` and returned in `corrupt` (the
+    caller sets them aside once it commits to the resume). None intact: CheckpointError."""
+    paths, corrupt = list_checkpoints(run_dir), []
+    for path in paths:
+        try:
+            return (*load_checkpoint(path, template, extra_template, device), path, corrupt)
+        except CorruptCheckpoint as e:
+            warn(f"warning: {e}; trying an older checkpoint")
+            corrupt.append(path)
+    if not paths:
+        raise CheckpointError(f"{run_dir} holds no checkpoint")
+    names = ", ".join(p.name for p in corrupt)
+    raise CheckpointError(f"no intact checkpoint in {run_dir}: all {len(corrupt)} are damaged ({names})")
+
+
+def set_aside(run_dir, paths, intact: Path) -> None:
+    """Rename damaged checkpoints to *.corrupt (kept for a look, out of the rotation and of resumes)
+    and link the newest intact one as latest."""
+    for path in paths:
+        path.rename(path.with_name(path.name + ".corrupt"))
+    if paths and intact.parent.name == FOLDER:
+        _link_latest(Path(run_dir), intact)
+
+
+def stack_history(history: list[dict]) -> dict[str, torch.Tensor]:
+    """The epoch's per-step metrics as {name: (steps,)} tensors, for the checkpoint."""
+    return {k: torch.stack([m[k] for m in history]) for k in history[-1]} if history else {}
+
+
+def _check_saved_config(meta_config: dict, config: dict | None, path: Path) -> None:
+    """A checkpoint from a run with other structural settings is refused before anything changes."""
+    for key, value in (config or {}).items():
+        if key in meta_config and key not in RESUMABLE and meta_config[key] != value:
+            raise CheckpointError(
+                f"{path} was written with {key}={meta_config[key]!r}, but this run has {key}={value!r} "
+                "(checkpoint copied from another run, or config.json edited?)"
+            )
+
+
+def resume_state(run_dir, state, loader: Loader, config: dict | None = None):
+    """Load the newest intact checkpoint into (state, loader); returns (state, the epoch's metric
+    history so far). Damaged newer checkpoints are reported and renamed *.corrupt; a run killed
+    before its first checkpoint starts again from step 0."""
+    run_dir = Path(run_dir)
+    if not has_checkpoint(run_dir):
+        print(f"{run_dir} holds no checkpoint yet: starting from step 0")
+        return state, []
+    state, extra, meta, path, corrupt = load_newest(run_dir, state, device=_state_device(state))
+    _check_saved_config(meta["config"], config, path)
+    loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
+    stacked = {k[len("history/") :]: v for k, v in extra.items() if k.startswith("history/")}
+    steps = len(next(iter(stacked.values()))) if stacked else 0
+    history = [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
+    set_aside(run_dir, corrupt, path)
+    print(
+        f"resuming {run_dir} from {path.relative_to(run_dir)} "
+        f"(epoch {loader.epoch + 1}, batch {loader.batch})"
+    )
+    return state, history
+
+
+def _state_device(state) -> torch.device:
+    return next(iter(flatten_state(state).values())).device
