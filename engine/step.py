@@ -26,6 +26,12 @@ def _select(keep_old: torch.Tensor, old, new):
     return unflatten_state(chosen, new)
 
 
+def _nonfinite(loss: torch.Tensor, grads: dict) -> torch.Tensor:
+    """0-d bool: the loss or any gradient is inf/nan. Per-tensor ops, no foreach: vmap-able."""
+    finite = [torch.isfinite(loss)] + [torch.isfinite(g).all() for g in grads.values()]
+    return ~torch.stack(finite).all()
+
+
 def _write_into(dst, src) -> None:
     """Copy every tensor of src into the storage of the matching tensor of dst (donate mode)."""
     flat_dst, flat_src = flatten_state(dst), flatten_state(src)
@@ -69,19 +75,25 @@ def _step_fn(loss_fn, optimizer, precision, donate, scaler_config):
 
         grads, (loss, aux) = torch.func.grad(objective, has_aux=True)(state.params)
         metrics = {"loss": loss, **aux.metrics}
-        if not fp16:
-            params, opt = optimizer.update(grads, state.opt, state.params, inplace=donate)
-            return TrainState(params, aux.buffers, opt, state.step + 1, state.scaler), metrics
-        # fp16: unscale, update, then keep the old params/opt where a gradient was inf/nan.
-        grads, found_inf = unscale(grads, state.scaler)
+        if fp16:  # a scaled gradient may overflow: unscale, and skip the update where it did
+            grads, skip = unscale(grads, state.scaler)
+        else:  # an inf/nan loss or gradient: skip the update; the loop stops on it or counts it
+            skip = _nonfinite(loss, grads)
         params, opt = optimizer.update(grads, state.opt, state.params, inplace=False)
-        params, opt = _select(found_inf, (state.params, state.opt), (params, opt))
+        old, new = {"params": state.params, "opt": state.opt}, {"params": params, "opt": opt}
+        if not fp16:  # an inf/nan forward may have poisoned BatchNorm statistics too
+            old["buffers"], new["buffers"] = state.buffers, aux.buffers
+        new = _select(skip, old, new)  # the old tensors where skip: no host sync
         if donate:
-            _write_into((state.params, state.opt), (params, opt))
-            params, opt = state.params, state.opt
-        scaler = scaler_update(state.scaler, found_inf, scaler_config)
-        metrics.update(loss_scale=state.scaler["scale"], skipped=found_inf.float())
-        return TrainState(params, aux.buffers, opt, state.step + 1, scaler), metrics
+            _write_into(old, new)
+            new = old
+        buffers = new.get("buffers", aux.buffers)  # fp16 keeps them, as GradScaler does
+        metrics["skipped"] = skip.float()
+        scaler = state.scaler
+        if fp16:
+            scaler = scaler_update(state.scaler, skip, scaler_config)
+            metrics["loss_scale"] = state.scaler["scale"]
+        return TrainState(new["params"], buffers, new["opt"], state.step + 1, scaler), metrics
 
     return step
 
