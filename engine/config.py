@@ -42,6 +42,9 @@ class RunConfig:
     run_dir: str = option("", "output folder; empty: runs/<experiment>-<dataset>-<arch>-z<dim>")
     resume: bool = option(False, "continue the run in --run-dir (or --resume DIR) from its checkpoint")
     max_steps: int = option(0, "stop after this many steps in total (0: run every epoch)")
+    checkpoint_every: int = option(0, "also checkpoint every N steps (0: at the end of each epoch only)")
+    keep: int = option(2, "checkpoints kept in run_dir/checkpoints, newest first (at least 1)")
+    skip_nonfinite: bool = option(False, "skip and count updates with an inf/nan loss or gradient; off: stop")
     download: bool = option(False, "try torchvision's downloader when data files are missing")
     target_loss: float = option(0.0, "exit 1 if the final test loss is above this (0: no target)")
     progress: bool = option(True, "show a progress bar")
@@ -52,8 +55,11 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.max_steps < 0:
-            raise UsageError(f"--max-steps must be >= 0, got {self.max_steps}")
+        for name in ("max_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.keep < 1:
+            raise UsageError(f"--keep must be at least 1, got {self.keep}")
         for f in dataclasses.fields(self):
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
@@ -94,6 +100,9 @@ def parse_config(cls, argv=None, prog="purestep"):
 RESUMABLE = (
     "epochs",
     "max_steps",
+    "checkpoint_every",
+    "keep",
+    "skip_nonfinite",
     "progress",
     "resume",
     "run_dir",

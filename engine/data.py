@@ -32,7 +32,10 @@ def data_dir() -> Path:
 
 def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:
     """Parse one uncompressed IDX file (big-endian header, uint8 payload) into a CPU tensor."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:  # a folder in its place, no permission, an I/O error
+        raise DataError(f"cannot read {path} ({e.strerror or e})") from None
     if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
         raise DataError(f"{path} is not an IDX file with magic {magic} (corrupt or wrong file)")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
@@ -67,6 +70,9 @@ def load_dataset(name: str, split: str, root=None, device="cpu", download=False)
     if download and not all(p.exists() for p in paths):
         _try_download(name, root)
     missing = [p.name for p in paths if not p.exists()]
+    zipped = [p.name + ".gz" for p in paths if not p.exists() and p.with_name(p.name + ".gz").exists()]
+    if zipped:
+        raise DataError(f"{raw} holds {', '.join(zipped)} still compressed: gunzip them first")
     if missing:
         raise DataError(
             f"{name} {split} files missing under DATA_DIR={root}: expected {raw}/{{{','.join(missing)}}} "

@@ -1,8 +1,9 @@
-"""fit: the training loop around a pure step (progress, evaluation, metrics.jsonl, checkpoints)."""
+"""fit: the training loop around a pure step (progress, evaluation, logs, checkpoints, interruption)."""
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -11,16 +12,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, atomic_write
+from engine.checkpoints import (
+    LATEST,
+    list_checkpoints,
+    remove_stale_temps,
+    stack_history,
+    write_checkpoint,
+)
+from engine.checkpoints import resume_state as resume_state  # re-exported: engine.resume_state
 from engine.loader import Loader
+from engine.state import flatten_state
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = LATEST  # run_dir/checkpoint.safetensors always names the newest checkpoint
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
 
 
 class Interrupted(SystemExit):
     """Raised after SIGINT/SIGTERM once the checkpoint is safely written (exit code 130/143)."""
+
+
+class NonFiniteError(Exception):
+    """A loss or gradient went inf/nan (and --skip-nonfinite is off); one line, exit code 3."""
 
 
 class _StopFlag:
@@ -44,19 +58,71 @@ class _StopFlag:
 
 
 def _mean_metrics(history: list[dict], prefix: str) -> dict[str, float]:
-    """Average a list of per-step metric dicts; one host sync for the whole list."""
+    """Average per-step metric dicts over their finite values (a skipped inf/nan step does not
+    poison the mean); one host sync for the whole list."""
     if not history:
         return {}
-    keys = list(history[0])
-    means = torch.stack([torch.stack([m[k].float() for k in keys]) for m in history]).mean(0)
+    keys = list(history[-1])  # the newest step's order (older entries may come from a checkpoint)
+    values = torch.stack([torch.stack([m[k].float() for k in keys]) for m in history])  # (steps, keys)
+    finite = torch.isfinite(values)
+    means = torch.where(finite, values, 0).sum(0) / finite.sum(0)
     return {f"{prefix}{k}": v for k, v in zip(keys, means.tolist())}
 
 
-def resume_state(run_dir, state, loader: Loader):
-    """Load the run's checkpoint into (state, loader); returns the state."""
-    state, extra, _ = load_checkpoint(Path(run_dir) / CHECKPOINT, state, device=state.step.device)
-    loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
-    return state
+class _Watch:
+    """Looks for updates the step skipped as non-finite (its `*skipped` metrics), at sync points only."""
+
+    def __init__(self, skip: bool, checked: int):
+        self.skip, self.checked = skip, checked  # history[:checked] was looked at already
+
+    def check(self, history: list[dict], done: int, last: Path | None) -> None:
+        start, self.checked = self.checked, len(history)
+        recent = history[start:]
+        keys = [k for k in (recent[0] if recent else ()) if k.endswith("skipped")]
+        if self.skip or not keys:
+            return
+        flags = torch.stack([torch.stack([m[k] for k in keys]) for m in recent])  # (steps, players)
+        hits = flags.nonzero().tolist()  # sync point
+        if not hits:
+            return
+        i, j = hits[0]
+        metrics, player = recent[i], keys[j][: -len("skipped")]
+        bad = [k for k, v in metrics.items() if k.startswith(player) and not math.isfinite(float(v))]
+        what = ", ".join(f"{k}={float(metrics[k])}" for k in bad) or f"{player}gradient (loss finite)"
+        step = done - (len(history) - 1 - (start + i))
+        raise NonFiniteError(
+            f"step {step}: non-finite {what}; that update was not applied and the run stopped "
+            f"(last good checkpoint: {last or 'none yet'}; --skip-nonfinite skips such updates instead)"
+        )
+
+
+def _assert_finite(state, done: int, last) -> None:
+    """Never write inf/nan into a checkpoint; one host sync over the whole state."""
+    flat = {k: v for k, v in flatten_state(state).items() if v.is_floating_point()}
+    ok = torch.stack([torch.isfinite(v).all() for v in flat.values()]).tolist()
+    if not all(ok):
+        bad = next(k for k, good in zip(flat, ok) if not good)
+        raise NonFiniteError(
+            f"the state holds non-finite values ({bad}) at step {done}: not checkpointed; "
+            f"last good checkpoint: {last or 'none yet'}"
+        )
+
+
+class _Saver:
+    """Writes the rotating checkpoints of a run: the state, the loader cursor, the epoch's metrics."""
+
+    def __init__(self, run_dir: Path, loader: Loader, config, keep: int):
+        self.run_dir, self.loader, self.config, self.keep = run_dir, loader, config, keep
+        newest = list_checkpoints(run_dir)
+        self.last, self.last_step = (newest[0] if newest else None), None
+
+    def save(self, state, done: int, history: list[dict]) -> None:
+        if done == self.last_step:  # e.g. SIGINT right after a --checkpoint-every write
+            return
+        _assert_finite(state, done, self.last)
+        extra = {"loader": self.loader.state_dict(), "history": stack_history(history)}
+        self.last = write_checkpoint(self.run_dir, done, state, extra, self.config, self.keep)
+        self.last_step = done
 
 
 def fit(
@@ -72,23 +138,31 @@ def fit(
     log_every: int = 50,
     on_epoch_end: Callable | None = None,
     progress: bool = True,
+    history: list[dict] | None = None,
+    checkpoint_every: int = 0,
+    keep: int = 2,
+    skip_nonfinite: bool = False,
 ):
-    """Train until `epochs` epochs (or `max_steps` steps) are done, continuing from loader's cursor.
+    """Train until `epochs` epochs (or `max_steps` steps) are done, continuing from loader's cursor
+    (and the epoch's metric `history`, as resume_state returns it).
 
-    Every epoch: evaluate(state) -> {name: float}, one JSON line in metrics.jsonl, a checkpoint, and
-    on_epoch_end(state, record). SIGINT/SIGTERM finish the current step, checkpoint, and exit.
+    Every epoch: evaluate(state) -> {name: float}, one JSON line in metrics.jsonl, on_epoch_end(state,
+    record), then a checkpoint; one every `checkpoint_every` steps too, the newest `keep` kept. A
+    skipped non-finite update stops the run (NonFiniteError) unless skip_nonfinite. SIGINT/SIGTERM
+    finish the current step, checkpoint, and exit 130/143.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spe = loader.steps_per_epoch
     done = loader.epoch * spe + loader.batch  # host-side step count: no sync to read state.step
-
-    def checkpoint(state):
-        save_checkpoint(run_dir / CHECKPOINT, state, {"loader": loader.state_dict()}, config)
+    remove_stale_temps(run_dir)
+    _trim_logs(run_dir, done)  # records a killed process wrote after its last checkpoint
+    history = list(history or [])
+    saver, watch = _Saver(run_dir, loader, config, keep), _Watch(skip_nonfinite, len(history))
 
     with _StopFlag() as stop:
         while loader.epoch < epochs and not (max_steps and done >= max_steps):
-            epoch, history, t0 = loader.epoch, [], time.perf_counter()
+            epoch, ran, t0 = loader.epoch, 0, time.perf_counter()
             bar = tqdm(
                 total=spe,
                 initial=loader.batch,
@@ -100,47 +174,55 @@ def fit(
             for batch in loader:
                 state, metrics = step(state, batch)
                 history.append(metrics)
-                done += 1
+                done, ran = done + 1, ran + 1
                 bar.update(1)
-                if done % log_every == 0:  # sync point: running means for the bar and steps.jsonl
-                    rate = len(history) * loader.batch_size / (time.perf_counter() - t0)
+                if done % log_every == 0:  # sync point: non-finite check, running means
+                    watch.check(history, done, saver.last)
                     recent = _mean_metrics(history[-log_every:], "")
-                    with open(run_dir / STEPS, "a") as f:
-                        f.write(json.dumps({"step": done, **recent}) + "\n")
+                    _append(run_dir / STEPS, {"step": done, **recent})
+                    rate = ran * loader.batch_size / (time.perf_counter() - t0)
                     shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                     bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
+                if checkpoint_every and done % checkpoint_every == 0 and loader.epoch == epoch:
+                    watch.check(history, done, saver.last)
+                    saver.save(state, done, history)
                 if stop.signum is not None or (max_steps and done >= max_steps):
                     break
             bar.close()
+            watch.check(history, done, saver.last)
             if loader.epoch > epoch:  # the epoch is complete: evaluate, record, checkpoint
                 record = _epoch_record(
-                    epoch, done, history, time.perf_counter() - t0, loader.batch_size, evaluate, state
+                    epoch, done, history, time.perf_counter() - t0, ran, loader, evaluate, state
                 )
-                with open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                checkpoint(state)
-                tqdm.write(_summary(record))
+                _append(run_dir / METRICS, record)  # before the checkpoint: a resume past it trims it
                 if on_epoch_end is not None:
                     on_epoch_end(state, record)
-            else:  # stopped inside the epoch: the checkpoint keeps the cursor
-                checkpoint(state)
+                history, watch.checked = [], 0
+                saver.save(state, done, history)
+                tqdm.write(_summary(record))
+            else:  # stopped inside the epoch: the checkpoint keeps the cursor and the epoch's metrics
+                saver.save(state, done, history)
             if stop.signum is not None:
                 code = 130 if stop.signum == signal.SIGINT else 143
                 print(
-                    f"interrupted at step {done}; checkpoint saved in {run_dir}; "
+                    f"interrupted at step {done}; checkpoint saved as {saver.last}; "
                     f"continue with --resume {run_dir}"
                 )
                 raise Interrupted(code)
     return state
 
 
-def _epoch_record(epoch, done, history, elapsed, batch_size, evaluate, state) -> dict:
+def _epoch_record(epoch, done, history, elapsed, ran, loader, evaluate, state) -> dict:
     """The metrics.jsonl line of one epoch: train means, test metrics, time and throughput."""
     record = {"epoch": epoch + 1, "step": done, **_mean_metrics(history, "train_")}
+    skipped = [k for k in history[-1] if k.endswith("skipped")]
+    if skipped:  # updates not applied because a loss or gradient was inf/nan (fp16: loss-scale overflows)
+        flags = torch.stack([torch.stack([m[k] for k in skipped]) for m in history])
+        record["skipped_nonfinite"] = int(flags.sum())
     if evaluate is not None:
         record.update({f"test_{k}": v for k, v in evaluate(state).items()})
-    record["epoch_time_s"] = round(elapsed, 3)
-    record["samples_per_s"] = round(len(history) * batch_size / elapsed, 1)
+    record["epoch_time_s"] = round(elapsed, 3)  # this process's share of the epoch, when resumed
+    record["samples_per_s"] = round(ran * loader.batch_size / elapsed, 1)
     return record
 
 
@@ -152,9 +234,38 @@ def _summary(record: dict) -> str:
     return f"epoch {record['epoch']}: " + ", ".join(parts) + f", {record['samples_per_s']:,.0f} samples/s"
 
 
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _parse_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log; a torn last line (a process killed mid-write) is dropped."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise CheckpointError(f"{path} line {i + 1} is not JSON (edited by hand?)") from None
+    return records
+
+
+def _trim_logs(run_dir: Path, done: int) -> None:
+    """Keep only the log records up to step `done`, so a resumed run rewrites what follows exactly."""
+    for name in (METRICS, STEPS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        text = path.read_text()
+        kept = [r for r in _parse_lines(path) if r.get("step", 0) <= done]
+        new = "".join(json.dumps(r) + "\n" for r in kept)
+        if new != text:
+            atomic_write(path, lambda tmp, text=new: tmp.write_text(text))
+
+
 def read_metrics(run_dir, name: str = METRICS) -> list[dict]:
     """All epoch records of a run (or, with name=STEPS, its running per-step means)."""
     path = Path(run_dir) / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_lines(path) if path.exists() else []

@@ -6,17 +6,19 @@ import dataclasses
 import functools
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.amp import scaler_init
-from engine.checkpoint import CheckpointError, save_weights
+from engine.checkpoint import CheckpointError, atomic_write, save_weights
+from engine.checkpoints import has_checkpoint
 from engine.config import UsageError, merge_resumed, parse_config
 from engine.data import DataError, Dataset, load_dataset
 from engine.loader import Loader, eval_batches
-from engine.loop import CHECKPOINT, fit, resume_state
+from engine.loop import NonFiniteError, fit, resume_state
 from engine.state import init_state
 from engine.step import evaluate_mean, make_eval_step
 
@@ -25,17 +27,45 @@ TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same
 
 
 def main_guard(main):
-    """Turn user-facing failures into one line on stderr and exit code 2 (1 for a missed target)."""
+    """Turn user-facing failures into one line on stderr: exit 2 for bad input (1 for a missed
+    target), 3 for a non-finite loss or gradient, 130 for a second Ctrl-C; warnings are one line too."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
         try:
-            return main(argv)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return main(argv)
         except (UsageError, DataError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(3) from None
+        except KeyboardInterrupt:  # before training starts, or a second Ctrl-C while checkpointing
+            line = "error: interrupted (the run directory keeps its last complete checkpoint, if any)"
+            print(line, file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapped
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """The config.json of a run to resume; its absence or damage is a one-line UsageError."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--resume: {run_dir} holds no checkpoint (no config.json)")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: {path} is unreadable ({e}); start a new --run-dir") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume: {path} holds no config object; start a new --run-dir")
+    return saved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,8 +96,9 @@ class Run:
     config: object
     run_dir: Path
     device: torch.device
-    train: Dataset
-    test: Dataset
+    train: Dataset | None
+    test: Dataset | None
+    experiment: str
 
     @classmethod
     def start(cls, config_cls, argv, experiment: str, tag=lambda c: f"{c.arch}-z{c.latent_dim}") -> Run:
@@ -76,30 +107,32 @@ class Run:
         The default run directory is runs/<experiment>-<dataset>-<tag(config)>."""
         cfg, given = parse_config(config_cls, argv, prog=f"python -m experiments.{experiment}")
         if cfg.resume:
-            saved_path = Path(cfg.run_dir) / "config.json"
-            if not (Path(cfg.run_dir) / CHECKPOINT).exists() or not saved_path.exists():
-                raise UsageError(f"--resume: {cfg.run_dir} holds no checkpoint.safetensors/config.json")
-            explicit = {k: getattr(cfg, k) for k in given}
-            saved = json.loads(saved_path.read_text())
+            saved = _saved_config(Path(cfg.run_dir))
             if saved.pop("experiment", experiment) != experiment:
                 raise UsageError(f"{cfg.run_dir} is not a {experiment} run")
-            cfg = merge_resumed(config_cls, saved, explicit)
+            cfg = merge_resumed(config_cls, saved, {k: getattr(cfg, k) for k in given})
         else:
             if not cfg.run_dir:
                 name = f"{experiment}-{cfg.dataset}-{tag(cfg)}"
                 cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
-            if (Path(cfg.run_dir) / CHECKPOINT).exists():
+            if has_checkpoint(cfg.run_dir):
                 raise UsageError(
                     f"{cfg.run_dir} already holds a run: add --resume to continue it, "
                     "or pick another --run-dir"
                 )
-        run_dir = Path(cfg.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = {"experiment": experiment, **dataclasses.asdict(cfg)}
-        (run_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
-        device = resolve_device(cfg.device)
+        run = cls(cfg, Path(cfg.run_dir), resolve_device(cfg.device), None, None, experiment)
+        if not cfg.resume:  # from here on a killed run can be resumed (from step 0 at worst)
+            run.save_config()
         torch.manual_seed(cfg.seed)  # weight initialisation
-        return cls(cfg, run_dir, device, *load_splits(cfg, device))
+        run.train, run.test = load_splits(cfg, run.device)
+        return run
+
+    def save_config(self) -> None:
+        """run_dir/config.json: the experiment and every flag (atomic: never half written)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = {"experiment": self.experiment, **dataclasses.asdict(self.config)}
+        text = json.dumps(saved, indent=2) + "\n"
+        atomic_write(self.run_dir / "config.json", lambda tmp: tmp.write_text(text))
 
     def init_state(self, model, optimizer):
         """Fresh state for the model (with a loss scaler under fp16)."""
@@ -129,11 +162,12 @@ class Run:
         return evaluate
 
     def fit(self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50):
-        """engine.fit with this run's settings, continuing from the checkpoint when resuming."""
-        cfg = self.config
+        """engine.fit with this run's settings, continuing from the newest checkpoint when resuming."""
+        cfg, history = self.config, []
+        config = dataclasses.asdict(cfg)
         if cfg.resume:
-            state = resume_state(self.run_dir, state, loader)
-            print(f"resuming {self.run_dir} at epoch {loader.epoch + 1}, batch {loader.batch}")
+            state, history = resume_state(self.run_dir, state, loader, config)
+            self.save_config()  # only now: a resume refused above leaves the directory as it was
         return fit(
             step,
             state,
@@ -141,11 +175,15 @@ class Run:
             epochs=cfg.epochs,
             run_dir=self.run_dir,
             evaluate=evaluate,
-            config=dataclasses.asdict(cfg),
+            config=config,
             max_steps=cfg.max_steps,
             on_epoch_end=on_epoch_end,
             log_every=log_every,
             progress=cfg.progress,
+            history=history,
+            checkpoint_every=cfg.checkpoint_every,
+            keep=cfg.keep,
+            skip_nonfinite=cfg.skip_nonfinite or cfg.precision == "fp16",  # fp16: the loss scaler's job
         )
 
     def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:
