@@ -6,10 +6,11 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import engine
-from engine.checkpoint import CheckpointError, save_weights
+from engine.checkpoint import FORMAT, CheckpointError, save_weights
+from engine.checkpoints import list_checkpoints, write_checkpoint
 from engine.state import flatten_state
 from models import build_ae, build_vae
 from tests.conftest import run_cli
@@ -35,6 +36,7 @@ def test_round_trip_keeps_every_tensor_and_the_config(tmp_path):
     assert torch.equal(got_extra["loader"]["rng"], extra["loader"]["rng"])
     assert meta["config"] == {"lr": 1e-3, "arch": "conv"}
     assert meta["versions"]["torch"] == torch.__version__
+    assert len(meta["sha256"]) == 64  # sha256 of the tensors and the metadata, checked on every load
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
 
 
@@ -86,6 +88,30 @@ def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         engine.save_checkpoint(path, state, config={"n": 2})
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_rotation_keeps_the_newest_k_and_links_the_latest(tmp_path):
+    _, state = _state()
+    for step in (7, 14, 21, 28):
+        write_checkpoint(tmp_path, step, state, {}, {"n": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "step-00000028.safetensors",
+        "step-00000021.safetensors",
+    ]
+    latest = tmp_path / "checkpoint.safetensors"
+    assert os.readlink(latest) == "checkpoints/step-00000028.safetensors"  # relative: the folder can move
+    assert engine.read_metadata(latest)["config"] == {"n": 28}
+    assert not list(tmp_path.rglob(".*"))  # no temporary files or links left behind
+
+
+def test_a_checkpoint_from_before_checksums_still_loads(tmp_path):
+    _, state = _state()
+    flat = {k: v.contiguous() for k, v in flatten_state(state).items()}
+    meta = {"format": FORMAT, "config": "{}", "versions": "{}"}
+    save_file(flat, str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded, _, got = engine.load_checkpoint(tmp_path / "old.safetensors", state)
+    key = "encoder.conv1.weight"
+    assert got["sha256"] is None and torch.equal(loaded.params[key], state.params[key])
 
 
 def _train(data_root, run_dir, max_steps, resume=False):

@@ -119,6 +119,8 @@ def _one_error_line(proc):
         (["--bogus"], "unrecognized arguments"),
         (["--batch-size", "100000"], "exceeds the 60000 training images"),
         (["--resume", "/nonexistent/run"], "holds no checkpoint"),
+        (["--keep", "0"], "--keep must be at least 1"),
+        (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
     ],
 )
 def test_bad_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
