@@ -27,16 +27,17 @@ def _select(keep_old: torch.Tensor, old, new):
 
 
 def _nonfinite(loss: torch.Tensor, grads: dict) -> torch.Tensor:
-    """0-d bool: the loss or any gradient is inf/nan. Per-tensor ops, no foreach: vmap-able."""
-    finite = [torch.isfinite(loss)] + [torch.isfinite(g).all() for g in grads.values()]
-    return ~torch.stack(finite).all()
+    """0-d bool: the loss or any gradient is inf/nan. A float64 sum is finite exactly when every
+    float32 entry is (it cannot overflow), and one read pass; per-tensor ops, no foreach: vmap-able."""
+    sums = [loss.double()] + [g.sum(dtype=torch.float64) for g in grads.values()]
+    return ~torch.isfinite(torch.stack(sums)).all()
 
 
-def _write_into(dst, src) -> None:
-    """Copy every tensor of src into the storage of the matching tensor of dst (donate mode)."""
-    flat_dst, flat_src = flatten_state(dst), flatten_state(src)
-    keys = list(flat_dst)
-    torch._foreach_copy_([flat_dst[k] for k in keys], [flat_src[k] for k in keys])
+def _select_into(keep_old: torch.Tensor, old, new) -> None:
+    """Donate mode's _select: old where keep_old else new, written into old's storage in one pass."""
+    flat_old, flat_new = flatten_state(old), flatten_state(new)
+    for k, v in flat_old.items():
+        torch.where(keep_old, v, flat_new[k], out=v)
 
 
 def make_train_step(
@@ -83,10 +84,11 @@ def _step_fn(loss_fn, optimizer, precision, donate, scaler_config):
         old, new = {"params": state.params, "opt": state.opt}, {"params": params, "opt": opt}
         if not fp16:  # an inf/nan forward may have poisoned BatchNorm statistics too
             old["buffers"], new["buffers"] = state.buffers, aux.buffers
-        new = _select(skip, old, new)  # the old tensors where skip: no host sync
-        if donate:
-            _write_into(old, new)
+        if donate:  # the old tensors where skip: no host sync
+            _select_into(skip, old, new)
             new = old
+        else:
+            new = _select(skip, old, new)
         buffers = new.get("buffers", aux.buffers)  # fp16 keeps them, as GradScaler does
         metrics["skipped"] = skip.float()
         scaler = state.scaler
