@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+NPROC ?= 2
+# torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see README, "Data parallel"
+TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
-.PHONY: setup train-ae train-vae train-gan eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare clean-runs
+.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +26,15 @@ train-vae: setup  ## train a VAE (flags: make train-vae ARGS="--arch mlp --laten
 
 train-gan: setup  ## train a GAN (flags: make train-gan ARGS="--dataset fashion-mnist --loss hinge --epochs 10")
 	$(PY) -m experiments.gan $(ARGS)
+
+train-ae-ddp: setup  ## train-ae on NPROC data-parallel processes (make train-ae-ddp NPROC=2 ARGS=...)
+	$(TORCHRUN) -m experiments.ae $(ARGS)
+
+train-vae-ddp: setup  ## train-vae on NPROC data-parallel processes; --batch-size is the global batch
+	$(TORCHRUN) -m experiments.vae $(ARGS)
+
+train-gan-ddp: setup  ## train-gan on NPROC data-parallel processes
+	$(TORCHRUN) -m experiments.gan $(ARGS)
 
 eval-gan: setup  ## score a finished GAN run against the real data: RUN/report.md (make eval-gan RUN=runs/...)
 	@test -n "$(RUN)" || { echo "usage: make eval-gan RUN=<gan run dir> [ARGS=--vae-run runs/vae-...]"; exit 2; }

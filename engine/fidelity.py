@@ -5,18 +5,21 @@ from __future__ import annotations
 import torch
 
 from engine.data import Dataset, to_unit
+from engine.distributed import World, gather_rows
 from engine.quality import classifier_outputs, compare_features, load_classifier
 
 
 @torch.no_grad()
-def sample_images(generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = 500):
-    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed`.
+def sample_images(generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = 500, rows=None):
+    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed` (only z[rows] if given).
 
     generate(params, buffers, z) -> (images in [-1, 1], buffers). BatchNorm runs on batch statistics,
     as pytorch/examples' DCGAN samples; the returned buffers are dropped, so nothing is mutated.
     """
     device = next(iter(params.values())).device
     z = torch.randn(n, latent_dim, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    z = z if rows is None else z[rows]
+    n = len(z)
     out = [generate(params, buffers, z[i : i + batch])[0].float() for i in range(0, n, batch)]
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
@@ -42,4 +45,13 @@ class RealReference:
     def score(self, images: torch.Tensor, recall: bool = True) -> dict[str, float]:
         """FID against the test split, classifier IS, and (optionally) k=3 precision and recall."""
         feats, logits = self.embed(images)
+        return compare_features(self.features, feats, logits, recall)
+
+    def score_generator(self, generate, params, buffers, n, latent_dim, seed, recall=True, world=World()):
+        """score() of n images sampled with `seed`. Data parallel: each rank samples and embeds its
+        own 1/size of them, and the features and logits are gathered onto every rank."""
+        rows = slice(world.rank * n // world.size, (world.rank + 1) * n // world.size)
+        feats, logits = self.embed(sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows))
+        if world.parallel:
+            feats, logits = gather_rows(feats), gather_rows(logits)
         return compare_features(self.features, feats, logits, recall)

@@ -53,6 +53,7 @@ def make_gan_step(
     compile: bool | str | None = None,
     donate: bool = False,
     scaler_config: ScalerConfig = ScalerConfig(),
+    all_reduce: Callable[[dict], dict] | None = None,
 ) -> Callable[[GANState, dict], tuple[GANState, dict]]:
     """Build `step(state, batch) -> (state, metrics)` for a GAN.
 
@@ -61,11 +62,12 @@ def make_gan_step(
     the generator update reuses the last chunk's z, as pytorch/examples' DCGAN reuses its fake
     batch. Each player's update is the single-model pure step of engine.step (gradient, fp16 loss
     scaling, optimizer), so both share its precision policy; the whole thing is one compiled region.
+    all_reduce: as make_train_step's, once per player update.
     """
     if n_disc < 1:
         raise ValueError(f"n_disc must be at least 1, got {n_disc}")
-    d_update = _step_fn(disc_loss, disc_opt, precision, donate, scaler_config)
-    g_update = _step_fn(gen_loss, gen_opt, precision, donate, scaler_config)
+    d_update = _step_fn(disc_loss, disc_opt, precision, donate, scaler_config, all_reduce)
+    g_update = _step_fn(gen_loss, gen_opt, precision, donate, scaler_config, all_reduce)
 
     def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc

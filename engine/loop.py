@@ -21,6 +21,7 @@ from engine.checkpoints import (
     write_checkpoint,
 )
 from engine.checkpoints import resume_state as resume_state  # re-exported: engine.resume_state
+from engine.distributed import World, any_rank
 from engine.loader import Loader
 from engine.state import flatten_state
 
@@ -109,15 +110,16 @@ def _assert_finite(state, done: int, last) -> None:
 
 
 class _Saver:
-    """Writes the rotating checkpoints of a run: the state, the loader cursor, the epoch's metrics."""
+    """Writes the rotating checkpoints of a run: the state, the loader cursor, the epoch's metrics
+    (on rank 0 only: every rank holds the same state)."""
 
-    def __init__(self, run_dir: Path, loader: Loader, config, keep: int):
-        self.run_dir, self.loader, self.config, self.keep = run_dir, loader, config, keep
+    def __init__(self, run_dir: Path, loader: Loader, config, keep: int, main: bool):
+        self.run_dir, self.loader, self.config, self.keep, self.main = run_dir, loader, config, keep, main
         newest = list_checkpoints(run_dir)
         self.last, self.last_step = (newest[0] if newest else None), None
 
     def save(self, state, done: int, history: list[dict]) -> None:
-        if done == self.last_step:  # e.g. SIGINT right after a --checkpoint-every write
+        if done == self.last_step or not self.main:  # e.g. SIGINT right after a --checkpoint-every write
             return
         _assert_finite(state, done, self.last)
         extra = {"loader": self.loader.state_dict(), "history": stack_history(history)}
@@ -142,6 +144,7 @@ def fit(
     checkpoint_every: int = 0,
     keep: int = 2,
     skip_nonfinite: bool = False,
+    world: World = World(),
 ):
     """Train until `epochs` epochs (or `max_steps` steps) are done, continuing from loader's cursor
     (and the epoch's metric `history`, as resume_state returns it).
@@ -150,15 +153,22 @@ def fit(
     record), then a checkpoint; one every `checkpoint_every` steps too, the newest `keep` kept. A
     skipped non-finite update stops the run (NonFiniteError) unless skip_nonfinite. SIGINT/SIGTERM
     finish the current step, checkpoint, and exit 130/143.
+
+    Data parallel (world.size > 1): every rank runs this loop in step with the others (the step and
+    evaluate hold the collectives); rank 0 alone writes logs and checkpoints and calls on_epoch_end;
+    a signal is agreed on at the log_every sync points, so all ranks stop after the same step.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, main = Path(run_dir), world.main
     spe = loader.steps_per_epoch
     done = loader.epoch * spe + loader.batch  # host-side step count: no sync to read state.step
-    remove_stale_temps(run_dir)
-    _trim_logs(run_dir, done)  # records a killed process wrote after its last checkpoint
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        _trim_logs(run_dir, done)  # records a killed process wrote after its last checkpoint
     history = list(history or [])
-    saver, watch = _Saver(run_dir, loader, config, keep), _Watch(skip_nonfinite, len(history))
+    saver, watch = _Saver(run_dir, loader, config, keep, main), _Watch(skip_nonfinite, len(history))
+    log = _append if main else lambda path, record: None
+    stopped = False
 
     with _StopFlag() as stop:
         while loader.epoch < epochs and not (max_steps and done >= max_steps):
@@ -167,7 +177,7 @@ def fit(
                 total=spe,
                 initial=loader.batch,
                 desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not progress,
+                disable=not (progress and main),
                 dynamic_ncols=True,
                 leave=False,
             )
@@ -179,14 +189,15 @@ def fit(
                 if done % log_every == 0:  # sync point: non-finite check, running means
                     watch.check(history, done, saver.last)
                     recent = _mean_metrics(history[-log_every:], "")
-                    _append(run_dir / STEPS, {"step": done, **recent})
+                    log(run_dir / STEPS, {"step": done, **recent})
                     rate = ran * loader.batch_size / (time.perf_counter() - t0)
                     shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                     bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
                 if checkpoint_every and done % checkpoint_every == 0 and loader.epoch == epoch:
                     watch.check(history, done, saver.last)
                     saver.save(state, done, history)
-                if stop.signum is not None or (max_steps and done >= max_steps):
+                stopped = _stopping(stop, world, done, log_every, loader.device)
+                if stopped or (max_steps and done >= max_steps):
                     break
             bar.close()
             watch.check(history, done, saver.last)
@@ -194,22 +205,32 @@ def fit(
                 record = _epoch_record(
                     epoch, done, history, time.perf_counter() - t0, ran, loader, evaluate, state
                 )
-                _append(run_dir / METRICS, record)  # before the checkpoint: a resume past it trims it
-                if on_epoch_end is not None:
+                log(run_dir / METRICS, record)  # before the checkpoint: a resume past it trims it
+                if on_epoch_end is not None and main:
                     on_epoch_end(state, record)
                 history, watch.checked = [], 0
                 saver.save(state, done, history)
-                tqdm.write(_summary(record))
+                if main:
+                    tqdm.write(_summary(record))
             else:  # stopped inside the epoch: the checkpoint keeps the cursor and the epoch's metrics
                 saver.save(state, done, history)
-            if stop.signum is not None:
-                code = 130 if stop.signum == signal.SIGINT else 143
-                print(
-                    f"interrupted at step {done}; checkpoint saved as {saver.last}; "
-                    f"continue with --resume {run_dir}"
-                )
+            if stopped:
+                code = 143 if stop.signum == signal.SIGTERM else 130
+                if main:
+                    print(
+                        f"interrupted at step {done}; checkpoint saved as {saver.last}; "
+                        f"continue with --resume {run_dir}"
+                    )
                 raise Interrupted(code)
     return state
+
+
+def _stopping(stop: _StopFlag, world: World, done: int, log_every: int, device) -> bool:
+    """Whether to stop after this step for SIGINT/SIGTERM. Data parallel: the ranks agree at the
+    log_every sync points (one tiny all-reduce), since a signal may reach them a step apart."""
+    if not world.parallel:
+        return stop.signum is not None
+    return done % log_every == 0 and any_rank(stop.signum is not None, device)
 
 
 def _epoch_record(epoch, done, history, elapsed, ran, loader, evaluate, state) -> dict:

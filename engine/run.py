@@ -17,6 +17,7 @@ from engine.checkpoint import CheckpointError, atomic_write, save_weights
 from engine.checkpoints import has_checkpoint
 from engine.config import UsageError, merge_resumed, parse_config
 from engine.data import DataError, Dataset, load_dataset
+from engine.distributed import World, barrier, broadcast_state, init_world, mean_over_ranks
 from engine.loader import Loader, eval_batches
 from engine.loop import NonFiniteError, fit, resume_state
 from engine.state import init_state
@@ -68,12 +69,13 @@ def _saved_config(run_dir: Path) -> dict:
     return saved
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """cpu or cuda (auto: cuda when present); under torchrun, the rank's own GPU (LOCAL_RANK)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return torch.device(name, world.local_rank) if name == "cuda" and world.parallel else torch.device(name)
 
 
 def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
@@ -99,6 +101,7 @@ class Run:
     train: Dataset | None
     test: Dataset | None
     experiment: str
+    world: World = World()
 
     @classmethod
     def start(cls, config_cls, argv, experiment: str, tag=lambda c: f"{c.arch}-z{c.latent_dim}") -> Run:
@@ -120,15 +123,27 @@ class Run:
                     f"{cfg.run_dir} already holds a run: add --resume to continue it, "
                     "or pick another --run-dir"
                 )
-        run = cls(cfg, Path(cfg.run_dir), resolve_device(cfg.device), None, None, experiment)
-        if not cfg.resume:  # from here on a killed run can be resumed (from step 0 at worst)
+        world = init_world(resolve_device(cfg.device).type)  # torchrun: join the process group
+        if cfg.batch_size % world.size:
+            raise UsageError(
+                f"--batch-size {cfg.batch_size} (the global batch) is not divisible by {world.size} ranks"
+            )
+        run = cls(cfg, Path(cfg.run_dir), resolve_device(cfg.device, world), None, None, experiment, world)
+        if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
             run.save_config()
         torch.manual_seed(cfg.seed)  # weight initialisation
         run.train, run.test = load_splits(cfg, run.device)
         return run
 
+    @property
+    def all_reduce(self):
+        """The step's gradient all-reduce under torchrun (None in a single process)."""
+        return mean_over_ranks if self.world.parallel else None
+
     def save_config(self) -> None:
         """run_dir/config.json: the experiment and every flag (atomic: never half written)."""
+        if not self.world.main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = {"experiment": self.experiment, **dataclasses.asdict(self.config)}
         text = json.dumps(saved, indent=2) + "\n"
@@ -147,7 +162,7 @@ class Run:
         """Training batches of --batch-size rows (or batch_size, e.g. n_disc batches for a GAN step)."""
         rows = batch_size or self.config.batch_size
         try:
-            return Loader(self.train, rows, self.config.seed, noise, self.dynamic_binarize)
+            return Loader(self.train, rows, self.config.seed, noise, self.dynamic_binarize, self.world)
         except ValueError as e:
             raise UsageError(str(e)) from None
 
@@ -157,7 +172,7 @@ class Run:
 
         def evaluate(state) -> dict[str, float]:
             batches = eval_batches(self.test, EVAL_BATCH, TEST_SEED, noise, self.dynamic_binarize)
-            return evaluate_mean(eval_step, state, batches)
+            return evaluate_mean(eval_step, state, batches, self.world)  # sharded over ranks
 
         return evaluate
 
@@ -165,9 +180,14 @@ class Run:
         """engine.fit with this run's settings, continuing from the newest checkpoint when resuming."""
         cfg, history = self.config, []
         config = dataclasses.asdict(cfg)
-        if cfg.resume:
-            state, history = resume_state(self.run_dir, state, loader, config)
+        if cfg.resume:  # rank 0 first: it sets damaged checkpoints aside before the others look
+            for turn in (True, False):
+                if self.world.main == turn:
+                    state, history = resume_state(self.run_dir, state, loader, config)
+                barrier()
             self.save_config()  # only now: a resume refused above leaves the directory as it was
+        if self.world.parallel:  # identical start on every rank: rank 0's state
+            state = broadcast_state(state)
         return fit(
             step,
             state,
@@ -184,21 +204,27 @@ class Run:
             checkpoint_every=cfg.checkpoint_every,
             keep=cfg.keep,
             skip_nonfinite=cfg.skip_nonfinite or cfg.precision == "fp16",  # fp16: the loss scaler's job
+            world=self.world,
         )
 
     def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:
         """Save plain weights ({file stem: (params, buffers)}; default model.safetensors), print the
         final test metrics, and enforce --target-<key> (exit 1 when the metric is above it)."""
+        main = self.world.main
         for stem, (params, buffers) in (weights or {"model": (state.params, state.buffers)}).items():
-            save_weights(self.run_dir / f"{stem}.safetensors", params, buffers)
-        final = evaluate(state)
-        (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-        print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+            if main:
+                save_weights(self.run_dir / f"{stem}.safetensors", params, buffers)
+        final = evaluate(state)  # every rank: the evaluation may be sharded
+        if main:
+            (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+            print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
         target = getattr(self.config, f"target_{target_key}")
         if target and not final[target_key] <= target:
             flag = f"--target-{target_key}"
-            print(
-                f"error: test {target_key} {final[target_key]:.4f} is above {flag} {target}", file=sys.stderr
-            )
+            if main:
+                print(
+                    f"error: test {target_key} {final[target_key]:.4f} is above {flag} {target}",
+                    file=sys.stderr,
+                )
             raise SystemExit(1)
         return final

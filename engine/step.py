@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
+from engine.distributed import sum_over_ranks
 from engine.optim import Optimizer
 from engine.state import Aux, TrainState, flatten_state, unflatten_state
 
@@ -48,18 +49,32 @@ def make_train_step(
     compile: bool | str | None = None,
     donate: bool = False,
     scaler_config: ScalerConfig = ScalerConfig(),
+    all_reduce: Callable[[dict], dict] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Build `step(state, batch) -> (state, metrics)`.
 
     loss_fn(params, buffers, batch) -> (loss, Aux(metrics, buffers)) sees `batch["step"]`, the step
     tensor, for schedules inside the loss. compile: True, False, None (per-device default) or a
     torch.compile mode such as "reduce-overhead" (CUDA graphs). donate=True lets the step overwrite
-    the input state's storage; the result is bitwise the same as donate=False.
+    the input state's storage; the result is bitwise the same as donate=False. all_reduce (data
+    parallel, e.g. engine.distributed.mean_over_ranks) maps a flat dict of tensors to their means
+    over the ranks; the step calls it once, between gradient and update, on the gradients, the
+    metrics and the float buffers together, so every rank applies the same update.
     """
-    return _maybe_compile(_step_fn(loss_fn, optimizer, precision, donate, scaler_config), compile)
+    step = _step_fn(loss_fn, optimizer, precision, donate, scaler_config, all_reduce)
+    return _maybe_compile(step, compile)
 
 
-def _step_fn(loss_fn, optimizer, precision, donate, scaler_config):
+def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
+    """Gradients, metrics and buffers (each rank's BatchNorm statistics of its own shard) averaged
+    over the ranks in one collective."""
+    parts = {"grads": grads, "metrics": metrics, "buffers": buffers}
+    packed = {f"{part}/{k}": v for part, tensors in parts.items() for k, v in tensors.items()}
+    means = all_reduce(packed)
+    return tuple({k: means[f"{part}/{k}"] for k in tensors} for part, tensors in parts.items())
+
+
+def _step_fn(loss_fn, optimizer, precision, donate, scaler_config, all_reduce=None):
     """The uncompiled pure step that make_train_step wraps (and make_vmapped_train_step vmaps)."""
     fp16 = precision == "fp16"
     autocast(precision, "cpu")  # validate the precision name now, not at the first step
@@ -76,6 +91,9 @@ def _step_fn(loss_fn, optimizer, precision, donate, scaler_config):
 
         grads, (loss, aux) = torch.func.grad(objective, has_aux=True)(state.params)
         metrics = {"loss": loss, **aux.metrics}
+        if all_reduce is not None:  # data parallel: the global batch's mean gradient, on every rank
+            grads, metrics, buffers = _synced(all_reduce, grads, metrics, aux.buffers)
+            loss, aux = metrics["loss"], aux._replace(buffers=buffers)
         if fp16:  # a scaled gradient may overflow: unscale, and skip the update where it did
             grads, skip = unscale(grads, state.scaler)
         else:  # an inf/nan loss or gradient: skip the update; the loop stops on it or counts it
@@ -131,13 +149,24 @@ def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[Tra
     return eval_step
 
 
-def evaluate_mean(eval_step, state, batches) -> dict[str, float]:
-    """Per-example means of eval_step's metrics over batches (weighted by batch size); one host sync."""
+def evaluate_mean(eval_step, state, batches, world=None) -> dict[str, float]:
+    """Per-example means of eval_step's metrics over batches (weighted by batch size); one host sync.
+
+    Data parallel (world.size > 1): rank r evaluates batches r, r + size, ... and the totals are
+    summed over the ranks, so every rank returns the means over all batches."""
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
     totals, n = None, 0
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if i % size != rank:
+            continue
         metrics = eval_step(state, batch)
         values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
         totals, n = (values if totals is None else totals + values), n + len(batch["x"])
+    if totals is None:
+        raise ValueError(f"rank {rank} of {size} got no evaluation batch: use at most {i + 1} ranks")
+    if size > 1:
+        summed = sum_over_ranks(torch.cat([totals, totals.new_tensor([n])]))
+        totals, n = summed[:-1], summed[-1]
     return dict(zip(metrics, (totals / n).tolist()))
 
 

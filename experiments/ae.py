@@ -47,8 +47,9 @@ def main(argv=None):
     loss_fn = make_ae_loss(model, cfg.loss)
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
-    )
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
+        all_reduce=run.all_reduce,  # None unless launched with torchrun
+    )  # fmt: skip
     evaluate = run.evaluator(loss_fn)
     state = run.fit(
         step,

@@ -86,7 +86,7 @@ def main(argv=None):
     g_opt, d_opt = (engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2) for _ in range(2))
     step = engine.make_gan_step(
         *gan, g_opt, d_opt, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
-        precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
+        precision=cfg.precision, compile=cfg.compile, donate=cfg.donate, all_reduce=run.all_reduce,
     )  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     scored = cfg.dataset in CLASSIFIED and cfg.eval_samples > 0
@@ -96,9 +96,9 @@ def main(argv=None):
         """FID and IS of eval_samples EMA-generator images against the test split (fixed z)."""
         if reference is None:
             return {}
-        n, z = cfg.eval_samples, cfg.latent_dim
-        return reference.score(
-            sample_images(gan.generate, state.ema, state.gen.buffers, n, z, TEST_SEED), recall
+        n, z, world = cfg.eval_samples, cfg.latent_dim, run.world  # sharded over torchrun's ranks
+        return reference.score_generator(
+            gan.generate, state.ema, state.gen.buffers, n, z, TEST_SEED, recall, world
         )
 
     state = run.fit(

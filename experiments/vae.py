@@ -52,8 +52,9 @@ def main(argv=None):
     loss_fn = make_elbo_loss(model, beta=cfg.beta, kl_warmup_steps=cfg.kl_warmup)
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
-    )
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
+        all_reduce=run.all_reduce,  # None unless launched with torchrun
+    )  # fmt: skip
     noise = {"eps": (cfg.latent_dim,)}  # reparameterisation noise, drawn by the loader on device
     evaluate = run.evaluator(loss_fn, noise)
     state = run.fit(

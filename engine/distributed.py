@@ -1,0 +1,106 @@
+"""Data parallelism on torch.distributed: one process per device under torchrun, identical state on
+every rank, each rank a disjoint shard of the global batch, one all-reduce per update in the step."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+from engine.state import Tensors, flatten_state
+
+
+class World(NamedTuple):
+    """This process's place among the data-parallel ranks (rank 0 of size 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, logs and plots."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device_type: str) -> World:
+    """Join torchrun's process group (its WORLD_SIZE/RANK/LOCAL_RANK and rendezvous variables):
+    NCCL on CUDA, gloo on CPU; World() when not launched by torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return world
+
+
+def current_world() -> World:
+    """The World of the initialised process group (World() when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def mean_over_ranks(tensors: Tensors) -> Tensors:
+    """The mean of every tensor over the ranks, in one collective: the floating tensors are flattened
+    into a single float32 buffer, summed with a functional all-reduce (traceable, so it lives inside
+    the compiled step) and divided by the world size. Integer tensors are returned as they are."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
+    if not floats:
+        return dict(tensors)
+    flat = torch.cat([v.reshape(-1).float() for v in floats.values()])  # (total elements,)
+    summed = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
+    means, start = dict(tensors), 0
+    for k, v in floats.items():
+        means[k] = summed[start : start + v.numel()].view(v.shape).to(v.dtype)
+        start += v.numel()
+    return means
+
+
+def broadcast_state(state, src: int = 0):
+    """Overwrite every tensor of `state` with rank src's (in place), so all ranks start identical."""
+    for tensor in flatten_state(state).values():
+        dist.broadcast(tensor, src)
+    return state
+
+
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over the ranks (eager; evaluation totals)."""
+    out = values.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when it is True on any (a signal seen by one rank stops them all together)."""
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())  # sync point
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of t (dim 0; counts may differ) concatenated in rank order, on every rank."""
+    size = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([len(t)], device=t.device))
+    counts = [int(c) for c in counts]  # sync point
+    padded = t.new_zeros((max(counts), *t.shape[1:]))
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
