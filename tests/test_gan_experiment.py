@@ -7,6 +7,9 @@ import torch
 from safetensors.torch import load_file
 from torchvision.io import write_png
 
+from engine.data import load_dataset
+from engine.fidelity import RealReference, sample_images
+from losses.gan import make_gan_loss
 from models.gan import build_gan
 from tests.conftest import run_cli
 
@@ -19,22 +22,11 @@ def _records(run_dir, name="metrics.jsonl"):
 
 @pytest.fixture(scope="module")
 def mlp_gan_run(data_root, tmp_path_factory):
-    """One epoch of a narrow DCGAN on MNIST, scored on 2,000 samples."""
+    """One epoch (937 steps of 64) of the MLP GAN on MNIST, scored on 2,000 samples."""
     run = tmp_path_factory.mktemp("gan") / "run"
-    args = [
-        *FAST,
-        "--arch",
-        "mlp",
-        "--width",
-        "32",
-        "--epochs",
-        "1",
-        "--eval-samples",
-        "2000",
-        "--run-dir",
-        run,
-    ]
-    run_cli("experiments.gan", [*args, "--target-fid", "1e6"], data_root)
+    args = ["--no-compile", "--no-progress", "--arch", "mlp", "--batch-size", "64", "--lr", "1e-3"]
+    args += ["--epochs", "1", "--eval-samples", "2000", "--run-dir", run, "--target-fid", "1e6"]
+    run_cli("experiments.gan", args, data_root)
     return run
 
 
@@ -50,19 +42,22 @@ def test_gan_learns_on_mnist_and_writes_its_run_directory(data_root, mlp_gan_run
         "test_is",
     } <= record.keys()
     steps = _records(run, "steps.jsonl")
-    assert [s["step"] for s in steps] == list(range(10, 234 + 1, 10))
+    assert [s["step"] for s in steps] == list(range(10, 937 + 1, 10))
+    # the trained generator is far closer to the test set than the same network untrained
+    # (measured: FID 1147 against 3308, IS 4.1 against 1.0)
+    reference = RealReference("mnist", load_dataset("mnist", "test", root=data_root))
+    torch.manual_seed(0)  # the run's --seed: its initial weights
+    gen, disc = build_gan("mlp", (1, 28, 28), 100, 64)  # experiments.gan defaults
+    untrained = reference.score(
+        sample_images(make_gan_loss(gen, disc).generate, *_tensors(gen), 2000, 100, 0)
+    )
     final = json.loads((run / "final.json").read_text())
-    # (A learning check on this 1-epoch smoke run, FID below half an untrained generator's, failed at
-    # the end of this session: the MLP GAN collapsed; see the closing note. Learning is shown by the
-    # README's DCGAN runs, whose FID fell every epoch.)
-    assert final["fid"] > 0 and final["is"] >= 1
+    assert final["fid"] < 0.5 * untrained["fid"] and final["is"] > untrained["is"] + 1
     assert 0 <= final["precision"] <= 1 and 0 <= final["recall"] <= 1
     for name in ("losses_per_step.png", "losses_per_epoch.png", "fid_is.png", "samples_vs_real.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG", name
     assert (run / "progress.gif").read_bytes()[:3] == b"GIF"
-    weights = load_file(str(run / "generator.safetensors"))
-    gen, _ = build_gan("mlp", (1, 28, 28), 100, 32)  # as the run above
-    gen.load_state_dict(weights, strict=True)
+    gen.load_state_dict(load_file(str(run / "generator.safetensors")), strict=True)
 
 
 def _tensors(module):
