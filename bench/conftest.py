@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import engine
-from bench.report import PEAKS, ROWS, SKIPPED, machine, peer_ratios, summary
+from bench.report import PEAKS, ROWS, SCALING, SKIPPED, machine, peer_ratios, summary
 from bench.roofline import matmul_peak
 from bench.timing import QUICK, ROUNDS, TARGET_S
 
@@ -74,12 +74,14 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_terminal_summary(terminalreporter, config):
     """Print the markdown summary and write it as summary.md beside the JSON (or in bench/results/)."""
-    if not ROWS:
+    if not (ROWS or SCALING):
         return
     text = summary(ROUNDS, TARGET_S)
     terminalreporter.write_line("\n" + text)
     json_path = config.getoption("benchmark_json", None)
     folder = Path(json_path).parent if json_path else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.md").write_text(text)
-    terminalreporter.write_line(f"summary written to {folder / 'summary.md'}")
+    stem = Path(json_path).stem if json_path else "latest"
+    path = folder / ("summary.md" if stem == "latest" else f"{stem}.md")  # make bench: summary.md
+    path.write_text(text)
+    terminalreporter.write_line(f"summary written to {path}")

@@ -14,6 +14,7 @@ from bench.cases import MODELS, Spec
 ROWS: list[dict] = []  # one per measured case, in run order
 PEAKS: dict[tuple[str, str], dict] = {}  # (device, precision) -> roofline.matmul_peak(...)
 SKIPPED: dict[str, str] = {}  # case id -> skip reason
+SCALING: list[dict] = []  # data-parallel rows of bench/test_scaling.py
 
 
 def cpu_name() -> str:
@@ -110,6 +111,31 @@ def _skipped_lines() -> list[str]:
     return lines
 
 
+def _scaling_lines(rows: list[dict]) -> list[str]:
+    """The 1- and 2-process CPU rows and the scaling efficiency of each compile mode and batch."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Data parallel on CPU (torch.distributed, gloo, loopback), mlp VAE, one torch thread per "
+        "process (bench/test_scaling.py); batch is the global batch; scaling efficiency = samples/s "
+        "over processes x the 1-process samples/s:",
+        "",
+    ]
+    lines += [
+        "| compile | batch | processes | samples/s | ms/step | scaling efficiency |",
+        "|---|---|---|---|---|---|",
+    ]
+    single = {(r["compile"], r["batch"]): r["samples_per_s"] for r in rows if r["processes"] == 1}
+    for r in sorted(rows, key=lambda r: (r["compile"], r["batch"], r["processes"])):
+        base = single.get((r["compile"], r["batch"]))
+        eff = r["samples_per_s"] / (r["processes"] * base) if base and r["processes"] > 1 else None
+        cells = [r["compile"], str(r["batch"]), str(r["processes"]), f"{r['samples_per_s']:,.0f}"]
+        cells += [f"{r['ms_per_step']:.3f}", "" if eff is None else f"{100 * eff:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary(rounds: int, target_s: float) -> str:
     """The markdown summary: machine, the case table, matmul peaks, compile times, skipped cases."""
     lines = [
@@ -127,6 +153,12 @@ def summary(rounds: int, target_s: float) -> str:
         "",
         *_peak_lines(),
         *_compile_lines(ROWS),
+        *_scaling_lines(SCALING),
         *_skipped_lines(),
+        *(
+            ["", f"NCCL scaling across GPUs: unmeasured ({torch.cuda.device_count()} GPUs here)."]
+            if SCALING
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"
