@@ -136,10 +136,11 @@ def _scaling_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary(rounds: int, target_s: float) -> str:
-    """The markdown summary: machine, the case table, matmul peaks, compile times, skipped cases."""
-    lines = [
-        f"Machine: {machine()}",
+def _case_lines(rounds: int, target_s: float) -> list[str]:
+    """The case table, the matmul peaks and the compile times (nothing when no case ran)."""
+    if not ROWS:
+        return []
+    return [
         "",
         f"Median of {rounds} timed rounds of about {target_s} s each (the data path: one epoch a round), "
         "after a first call and a warm-up round; FLOPs counted once per case on an eager fp32 step "
@@ -153,12 +154,18 @@ def summary(rounds: int, target_s: float) -> str:
         "",
         *_peak_lines(),
         *_compile_lines(ROWS),
+    ]
+
+
+def summary(rounds: int, target_s: float) -> str:
+    """The markdown summary: machine, the case table, matmul peaks, compile times, data-parallel
+    scaling, skipped cases."""
+    gpus = torch.cuda.device_count()
+    lines = [
+        f"Machine: {machine()}",
+        *_case_lines(rounds, target_s),
         *_scaling_lines(SCALING),
+        *(["", f"NCCL scaling across GPUs: unmeasured ({gpus} GPUs here)."] if SCALING and gpus < 2 else []),
         *_skipped_lines(),
-        *(
-            ["", f"NCCL scaling across GPUs: unmeasured ({torch.cuda.device_count()} GPUs here)."]
-            if SCALING
-            else []
-        ),
     ]
     return "\n".join(lines) + "\n"
