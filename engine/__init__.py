@@ -1,13 +1,21 @@
 """purestep engine: pure train steps over explicit state, functional optimizers, AMP, data, checkpoints."""
 
 from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_update, unscale
-from engine.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from engine.checkpoint import (
+    CheckpointError,
+    CorruptCheckpoint,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from engine.checkpoints import write_checkpoint
 from engine.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist
+from engine.distributed import World, current_world, init_world, mean_over_ranks
 from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
 from engine.imagefolder import load_image_folder
 from engine.loader import Loader, eval_batches
-from engine.loop import fit, read_metrics, resume_state
+from engine.loop import NonFiniteError, fit, read_metrics, resume_state
 from engine.optim import Optimizer, adam, adamw, sgd
 from engine.schedules import constant, cosine, linear_warmup
 from engine.state import Aux, TrainState, clone_state, init_state
@@ -21,6 +29,8 @@ __all__ = [
     "scaler_update",
     "unscale",
     "CheckpointError",
+    "CorruptCheckpoint",
+    "write_checkpoint",
     "load_checkpoint",
     "read_metadata",
     "save_checkpoint",
@@ -29,6 +39,10 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist",
+    "World",
+    "current_world",
+    "init_world",
+    "mean_over_ranks",
     "load_image_folder",
     "call_module",
     "load_into",
@@ -37,6 +51,7 @@ __all__ = [
     "make_gan_step",
     "Loader",
     "eval_batches",
+    "NonFiniteError",
     "fit",
     "read_metrics",
     "resume_state",

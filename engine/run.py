@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import sys
 import warnings
@@ -183,7 +185,8 @@ class Run:
         if cfg.resume:  # rank 0 first: it sets damaged checkpoints aside before the others look
             for turn in (True, False):
                 if self.world.main == turn:
-                    state, history = resume_state(self.run_dir, state, loader, config)
+                    with contextlib.redirect_stdout(sys.stdout if turn else io.StringIO()):  # say it once
+                        state, history = resume_state(self.run_dir, state, loader, config)
                 barrier()
             self.save_config()  # only now: a resume refused above leaves the directory as it was
         if self.world.parallel:  # identical start on every rank: rank 0's state
