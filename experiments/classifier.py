@@ -70,8 +70,9 @@ def main(argv=None):
     schedule = engine.cosine(cfg.lr, min(total, cfg.max_steps or total), cfg.warmup)
     optimizer = engine.adam(schedule, weight_decay=cfg.weight_decay, decoupled=True)
     step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate
-    )
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
+        all_reduce=run.all_reduce,  # None unless launched with torchrun
+    )  # fmt: skip
     evaluate = run.evaluator(loss_fn)
     panels = [("cross entropy", "ce"), ("accuracy", "accuracy")]
     title = f"CNN classifier width {cfg.width} on {cfg.dataset}"
@@ -85,11 +86,14 @@ def main(argv=None):
         ),
     )
     final = run.finish(state, evaluate)
-    print(f"test accuracy {100 * final['accuracy']:.2f}% on {cfg.dataset}")
+    main = run.world.main  # torchrun: rank 0 reports and exports
+    if main:
+        print(f"test accuracy {100 * final['accuracy']:.2f}% on {cfg.dataset}")
     if cfg.target_accuracy and not final["accuracy"] >= cfg.target_accuracy:  # keep the old export
-        print(f"error: test accuracy {final['accuracy']:.4f} is below --target-accuracy", file=sys.stderr)
+        if main:
+            print(f"error: test accuracy {final['accuracy']:.4f} is below --target-accuracy", file=sys.stderr)
         raise SystemExit(1)
-    if cfg.export:
+    if cfg.export and main:
         print(f"weights written to {export_weights(run, state, final['accuracy'], argv)}")
     return final
 

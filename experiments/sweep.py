@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -178,6 +179,9 @@ def plot_sweep(rows: list[dict], swept: list[str], path: Path, title: str) -> No
 
 def main(argv=None):
     args = parse(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its configs already share one vmapped step
+        print("error: a sweep runs in one process; launch it without torchrun", file=sys.stderr)
+        raise SystemExit(2)
     device = engine.run.resolve_device("auto")
     try:
         train = engine.load_dataset(args.dataset, "train", device=device)

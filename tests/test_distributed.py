@@ -114,3 +114,9 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(data_root, single_run, tmp
     monkeypatch.delenv("AUDIT_DIR")
     run_cli("experiments.vae", ["--resume", run, "--max-steps", "60", "--no-progress"], data_root)
     _assert_same_weights(single_run, run)
+
+
+def test_a_sweep_under_torchrun_is_refused_in_one_line(data_root, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: the sweep would run twice over
+    proc = run_cli("experiments.sweep", ["--epochs", "1"], data_root, expect=2)
+    assert proc.stderr.strip() == "error: a sweep runs in one process; launch it without torchrun"
