@@ -48,6 +48,14 @@ def _owned(tensors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
     return tensors if inplace else [t.clone() for t in tensors]
 
 
+def _once(x: torch.Tensor) -> torch.Tensor:
+    """x itself, but computed once per step under torch.compile. Inductor inlines a 0-d expression
+    (the bias corrections' pow and sqrt of the step count, a schedule's cos) into the loop of every
+    tensor element it scales; a reduction is always stored to a buffer, and x + 0 is exact.
+    Measured: Adam over the mlp VAE's 650k parameters on 2 CPU cores, 0.78 -> 0.18 ms a step."""
+    return torch.stack([x, torch.zeros_like(x)]).sum(0)
+
+
 def _zeros_like(params: Tensors) -> Tensors:
     return {k: torch.zeros_like(v) for k, v in params.items()}
 
@@ -83,14 +91,14 @@ def adam(
         if weight_decay and not decoupled:
             g = ops.add(g, p, alpha=weight_decay)
         if weight_decay and decoupled:
-            ops.mul_(p, (1 - lr_t * weight_decay).float())
+            ops.mul_(p, _once((1 - lr_t * weight_decay).float()))
         ops.lerp_(m, g, 1 - b1)
         ops.mul_(v, b2)
         ops.addcmul_(v, g, g, value=1 - b2)
         # Same operation order as torch.optim.Adam(foreach=True), so rounding agrees too.
-        neg_step_size = (-lr_t / (1 - b1**t)).float()
+        neg_step_size = _once((-lr_t / (1 - b1**t)).float())
         denom = ops.sqrt(v)
-        ops.div_(denom, torch.sqrt(1 - b2**t).float())
+        ops.div_(denom, _once(torch.sqrt(1 - b2**t).float()))
         ops.add_(denom, eps)
         delta = ops.mul(m, neg_step_size)  # p + (-step * m) / denom, as addcdiv does
         ops.div_(delta, denom)
@@ -128,7 +136,7 @@ def sgd(
         keys = list(params)
         g = [grads[k] for k in keys]
         p = _owned([params[k] for k in keys], inplace)
-        lr_t = lr_fn(opt["count"]).float()
+        lr_t = _once(lr_fn(opt["count"]).float())
         new_opt = {"count": opt["count"] + 1}
         if weight_decay:
             g = ops.add(g, p, alpha=weight_decay)
