@@ -165,7 +165,11 @@ def summary(rounds: int, target_s: float) -> str:
         f"Machine: {machine()}",
         *_case_lines(rounds, target_s),
         *_scaling_lines(SCALING),
-        *(["", f"NCCL scaling across GPUs: unmeasured ({gpus} GPUs here)."] if SCALING and gpus < 2 else []),
+        *(
+            ["", f"NCCL scaling across GPUs: not measured by this suite ({gpus} GPUs here)."]
+            if SCALING
+            else []
+        ),
         *_skipped_lines(),
     ]
     return "\n".join(lines) + "\n"

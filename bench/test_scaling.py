@@ -61,35 +61,50 @@ def _worker(rank: int, size: int, port: int, conn, compile: bool, batch_size: in
     dist.destroy_process_group()
 
 
+def _reply(pipe, worker, timeout_s: float = 300) -> None:
+    """The worker's answer; a worker that died or hangs fails the case instead of blocking it."""
+    if not pipe.poll(timeout_s):
+        raise RuntimeError(
+            f"bench worker {worker.pid} gave no answer in {timeout_s} s (exit {worker.exitcode})"
+        )
+    pipe.recv()
+
+
 @pytest.mark.parametrize("batch", [128, 1024])
 @pytest.mark.parametrize("compile", ["eager", "compiled"])
 @pytest.mark.parametrize("processes", [1, 2])
 def test_data_parallel_scaling(benchmark, processes, compile, batch):
     ctx = multiprocessing.get_context("spawn")
     port, pipes, workers = _free_port(), [], []
-    for rank in range(processes):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(rank, processes, port, child, compile == "compiled", batch))
-        p.start()
-        pipes.append(parent)
-        workers.append(p)
     try:
-        for pipe in pipes:
-            pipe.recv()  # ready: compiled and one step done
+        for rank in range(processes):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(rank, processes, port, child, compile == "compiled", batch))
+            p.start()
+            child.close()  # the worker's end lives in the worker: its death reads as EOF here
+            pipes.append(parent)
+            workers.append(p)
+        for pipe, p in zip(pipes, workers):
+            _reply(pipe, p)  # ready: compiled and one step done
 
         def advance(n: int) -> None:
             for pipe in pipes:
                 pipe.send(n)
-            for pipe in pipes:
-                pipe.recv()
+            for pipe, p in zip(pipes, workers):
+                _reply(pipe, p)
 
         steps = calibrate(advance, "cpu")
         benchmark.pedantic(lambda: advance(steps), rounds=ROUNDS, warmup_rounds=1, iterations=1)
     finally:
         for pipe in pipes:
-            pipe.send(None)
+            try:
+                pipe.send(None)
+            except OSError:  # that worker is gone already
+                pass
         for p in workers:
-            p.join(timeout=60)
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
     step_s = benchmark.stats.stats.median / steps
     row = {"case": "mlp_vae", "compile": compile, "processes": processes, "threads_per_process": 1}
     row.update(batch=batch, ms_per_step=step_s * 1e3, samples_per_s=batch / step_s, steps_per_round=steps)

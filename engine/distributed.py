@@ -3,6 +3,7 @@ every rank, each rank a disjoint shard of the global batch, one all-reduce per u
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import NamedTuple
 
@@ -10,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from engine.checkpoint import CheckpointError
 from engine.state import Tensors, flatten_state
 
 
@@ -41,6 +43,7 @@ def init_world(device_type: str) -> World:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
     return world
 
 
@@ -52,18 +55,20 @@ def current_world() -> World:
 
 
 def mean_over_ranks(tensors: Tensors) -> Tensors:
-    """The mean of every tensor over the ranks, in one collective: the floating tensors are flattened
-    into a single float32 buffer, summed with a functional all-reduce (traceable, so it lives inside
-    the compiled step) and divided by the world size. Integer tensors are returned as they are."""
-    floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
-    if not floats:
-        return dict(tensors)
-    flat = torch.cat([v.reshape(-1).float() for v in floats.values()])  # (total elements,)
-    summed = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
-    means, start = dict(tensors), 0
-    for k, v in floats.items():
-        means[k] = summed[start : start + v.numel()].view(v.shape).to(v.dtype)
-        start += v.numel()
+    """The mean of every tensor over the ranks, one collective per floating dtype (usually one):
+    the tensors are flattened into a single buffer, summed with a functional all-reduce (traceable,
+    so it lives inside the compiled step) and divided by the world size. Integer tensors are
+    returned as they are."""
+    means = dict(tensors)
+    dtypes = dict.fromkeys(v.dtype for v in tensors.values() if v.is_floating_point())
+    for dtype in dtypes:
+        group = {k: v for k, v in tensors.items() if v.dtype == dtype}
+        flat = torch.cat([v.reshape(-1) for v in group.values()])  # (total elements,)
+        summed = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
+        start = 0
+        for k, v in group.items():
+            means[k] = summed[start : start + v.numel()].view(v.shape)
+            start += v.numel()
     return means
 
 
@@ -86,6 +91,19 @@ def any_rank(flag: bool, device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())  # sync point
+
+
+def check_same_on_all_ranks(value: int, what: str, device) -> None:
+    """Raise CheckpointError unless every rank holds the same value (e.g. the step a resume starts at:
+    ranks that disagree would pair up the wrong collectives and hang)."""
+    t = torch.tensor([value, -value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    high, low = int(t[0]), -int(t[1])  # sync point
+    if high != low:
+        raise CheckpointError(
+            f"the ranks disagree on {what} ({low} to {high}): under torchrun on several machines "
+            "the run directory must be on a filesystem they all share"
+        )
 
 
 def barrier() -> None:

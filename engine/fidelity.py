@@ -8,9 +8,13 @@ from engine.data import Dataset, to_unit
 from engine.distributed import World, gather_rows
 from engine.quality import classifier_outputs, compare_features, load_classifier
 
+SAMPLE_BATCH = 500  # generator batch when sampling for scores (BatchNorm runs on batch statistics)
+
 
 @torch.no_grad()
-def sample_images(generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = 500, rows=None):
+def sample_images(
+    generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = SAMPLE_BATCH, rows=None
+):
     """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed` (only z[rows] if given).
 
     generate(params, buffers, z) -> (images in [-1, 1], buffers). BatchNorm runs on batch statistics,
@@ -50,8 +54,14 @@ class RealReference:
     def score_generator(self, generate, params, buffers, n, latent_dim, seed, recall=True, world=World()):
         """score() of n images sampled with `seed`. Data parallel: each rank samples and embeds its
         own 1/size of them, and the features and logits are gathered onto every rank."""
-        rows = slice(world.rank * n // world.size, (world.rank + 1) * n // world.size)
-        feats, logits = self.embed(sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows))
+        chunks = -(-n // SAMPLE_BATCH)  # whole sampling batches per rank: BatchNorm sees the same ones
+        first, last = (chunks * r // world.size * SAMPLE_BATCH for r in (world.rank, world.rank + 1))
+        rows = slice(first, min(last, n))
+        if rows.start < rows.stop:
+            images = sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows)
+            feats, logits = self.embed(images)
+        else:  # more ranks than sampling batches
+            feats, logits = self.features[:0], self.logits[:0]
         if world.parallel:
             feats, logits = gather_rows(feats), gather_rows(logits)
         return compare_features(self.features, feats, logits, recall)

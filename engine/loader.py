@@ -28,20 +28,30 @@ class Loader:
     run sees exactly the batches an uninterrupted one would.
 
     Data parallel (world.size > 1): batch_size is the global batch. Every rank draws the same global
-    batch, noise included, and keeps its own contiguous slice of batch_size / world.size rows, so the
-    ranks' shards are disjoint, together they are the single-process batch, and the cursor and
-    generator state (hence a checkpoint) are the same on every rank and for any rank count.
+    batch, noise included, and keeps its own contiguous slice of batch_size / world.size rows (of
+    each of `chunks` equal parts of it: a GAN step's n_disc batches), so the ranks' shards are
+    disjoint, together they are the single-process batch, and the cursor and generator state (hence
+    a checkpoint) are the same on every rank and for any rank count.
     """
 
     def __init__(
-        self, data: Dataset, batch_size: int, seed: int, noise=None, dynamic_binarize=False, world=None
+        self,
+        data: Dataset,
+        batch_size: int,
+        seed: int,
+        noise=None,
+        dynamic_binarize=False,
+        world=None,
+        chunks=1,
     ):
         if batch_size > len(data.images):
             raise ValueError(f"batch size {batch_size} exceeds the {len(data.images)} training images")
         rank, size = (world.rank, world.size) if world is not None else (0, 1)
-        if batch_size % size:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {size} ranks")
-        self.shard = slice(rank * batch_size // size, (rank + 1) * batch_size // size) if size > 1 else None
+        if batch_size % (size * chunks):
+            raise ValueError(f"batch size {batch_size} is not divisible by the {size} ranks x {chunks} parts")
+        part = batch_size // chunks
+        self.chunks = chunks
+        self.shard = slice(rank * part // size, (rank + 1) * part // size) if size > 1 else None
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.noise, self.dynamic_binarize = dict(noise or {}), dynamic_binarize
         self.device = data.images.device
@@ -59,8 +69,11 @@ class Loader:
             batch = _make_batch(
                 self.data.images[idx], self.data.labels[idx], self.gen, self.noise, self.dynamic_binarize
             )
-            if self.shard is not None:  # this rank's rows of the global batch
-                batch = {k: v[self.shard] for k, v in batch.items()}
+            if self.shard is not None:  # this rank's rows of (each part of) the global batch
+                batch = {
+                    k: v.unflatten(0, (self.chunks, -1))[:, self.shard].flatten(0, 1)
+                    for k, v in batch.items()
+                }
             last = i + 1 == self.steps_per_epoch
             self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, i + 1)
             yield batch

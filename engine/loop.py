@@ -49,9 +49,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C means "now"
+        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C means "now"
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum  # one SIGTERM may arrive twice (torchrun forwards it)
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():

@@ -51,8 +51,11 @@ def _owned(tensors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
 def _once(x: torch.Tensor) -> torch.Tensor:
     """x itself, but computed once per step under torch.compile. Inductor inlines a 0-d expression
     (the bias corrections' pow and sqrt of the step count, a schedule's cos) into the loop of every
-    tensor element it scales; a reduction is always stored to a buffer, and x + 0 is exact.
-    Measured: Adam over the mlp VAE's 650k parameters on 2 CPU cores, 0.78 -> 0.18 ms a step."""
+    tensor element it scales; a reduction is always stored to a buffer, and x + 0 == x (but for
+    -0.0, which becomes +0.0). In the compiled mlp VAE step's profile on 2 CPU cores, Adam over its
+    650k parameters went from 0.78 to 0.26 ms a step. Eager: x as it is."""
+    if not torch.compiler.is_compiling():
+        return x
     return torch.stack([x, torch.zeros_like(x)]).sum(0)
 
 

@@ -19,7 +19,14 @@ from engine.checkpoint import CheckpointError, atomic_write, save_weights
 from engine.checkpoints import has_checkpoint
 from engine.config import UsageError, merge_resumed, parse_config
 from engine.data import DataError, Dataset, load_dataset
-from engine.distributed import World, barrier, broadcast_state, init_world, mean_over_ranks
+from engine.distributed import (
+    World,
+    barrier,
+    broadcast_state,
+    check_same_on_all_ranks,
+    init_world,
+    mean_over_ranks,
+)
 from engine.loader import Loader, eval_batches
 from engine.loop import NonFiniteError, fit, resume_state
 from engine.state import init_state
@@ -160,11 +167,13 @@ class Run:
     def dynamic_binarize(self) -> bool:
         return self.config.binarize == "dynamic"
 
-    def loader(self, noise=None, batch_size: int | None = None) -> Loader:
-        """Training batches of --batch-size rows (or batch_size, e.g. n_disc batches for a GAN step)."""
-        rows = batch_size or self.config.batch_size
+    def loader(self, noise=None, batches: int = 1) -> Loader:
+        """Training batches of --batch-size rows (times `batches`: a GAN step's n_disc batches)."""
+        rows = batches * self.config.batch_size
         try:
-            return Loader(self.train, rows, self.config.seed, noise, self.dynamic_binarize, self.world)
+            return Loader(
+                self.train, rows, self.config.seed, noise, self.dynamic_binarize, self.world, batches
+            )
         except ValueError as e:
             raise UsageError(str(e)) from None
 
@@ -189,7 +198,9 @@ class Run:
                         state, history = resume_state(self.run_dir, state, loader, config)
                 barrier()
             self.save_config()  # only now: a resume refused above leaves the directory as it was
-        if self.world.parallel:  # identical start on every rank: rank 0's state
+        if self.world.parallel:  # identical start on every rank: rank 0's state, at the same step
+            done = loader.epoch * loader.steps_per_epoch + loader.batch
+            check_same_on_all_ranks(done, "the step to resume from", self.device)
             state = broadcast_state(state)
         return fit(
             step,

@@ -155,15 +155,17 @@ def evaluate_mean(eval_step, state, batches, world=None) -> dict[str, float]:
     Data parallel (world.size > 1): rank r evaluates batches r, r + size, ... and the totals are
     summed over the ranks, so every rank returns the means over all batches."""
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
-    totals, n = None, 0
+    totals, n, first = None, 0, None
     for i, batch in enumerate(batches):
+        first = batch if first is None else first
         if i % size != rank:
             continue
         metrics = eval_step(state, batch)
         values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
         totals, n = (values if totals is None else totals + values), n + len(batch["x"])
-    if totals is None:
-        raise ValueError(f"rank {rank} of {size} got no evaluation batch: use at most {i + 1} ranks")
+    if totals is None:  # more ranks than batches: this one adds nothing, but in the same shape
+        metrics = eval_step(state, first)
+        totals = torch.zeros(len(metrics), device=state.step.device)
     if size > 1:
         summed = sum_over_ranks(torch.cat([totals, totals.new_tensor([n])]))
         totals, n = summed[:-1], summed[-1]

@@ -104,7 +104,7 @@ def main(argv=None):
     state = run.fit(
         step,
         init_gan_state(gen, disc, g_opt, d_opt, cfg.precision),
-        run.loader(noise, batch_size=cfg.batch_size * cfg.n_disc),
+        run.loader(noise, batches=cfg.n_disc),
         evaluate,
         on_epoch_end=lambda s, _: save_plots(run, gan, s, reference),
         log_every=10,
