@@ -136,3 +136,13 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line(data_root, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: the sweep would run twice over
     proc = run_cli("experiments.sweep", ["--epochs", "1"], data_root, expect=2)
     assert proc.stderr.strip() == "error: a sweep runs in one process; launch it without torchrun"
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(data_root, single_run, tmp_path, monkeypatch):
+    """The other way round: rank 0 loads first (setting damaged files aside), then rank 1, then the
+    ranks check they stand at the same step; the result is the one-process run's."""
+    run = tmp_path / "run"
+    run_cli("experiments.vae", [*FLAGS, "--max-steps", "30", "--run-dir", run], data_root)
+    _torchrun(["--resume", run, "--max-steps", "60", "--no-progress"], data_root, run, tmp_path, monkeypatch)
+    _assert_same_weights(single_run, run)
+    assert (tmp_path / "writes-rank1").read_text() == ""
