@@ -10,7 +10,7 @@ from engine.checkpoint import (
 )
 from engine.checkpoints import write_checkpoint
 from engine.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist
-from engine.distributed import World, current_world, init_world, mean_over_ranks
+from engine.distributed import World, init_world, mean_over_ranks
 from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
 from engine.imagefolder import load_image_folder
@@ -40,7 +40,6 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "World",
-    "current_world",
     "init_world",
     "mean_over_ranks",
     "load_image_folder",

@@ -47,13 +47,6 @@ def init_world(device_type: str) -> World:
     return world
 
 
-def current_world() -> World:
-    """The World of the initialised process group (World() when there is none)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def mean_over_ranks(tensors: Tensors) -> Tensors:
     """The mean of every tensor over the ranks, one collective per floating dtype (usually one):
     the tensors are flattened into a single buffer, summed with a functional all-reduce (traceable,

@@ -78,6 +78,11 @@ class Loader:
             self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, i + 1)
             yield batch
 
+    @property
+    def steps_taken(self) -> int:
+        """Batches yielded so far over all epochs: the step count of a run that used this loader."""
+        return self.epoch * self.steps_per_epoch + self.batch
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The cursor and generator state as tensors, for the checkpoint."""
         return {

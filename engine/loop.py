@@ -160,7 +160,7 @@ def fit(
     """
     run_dir, main = Path(run_dir), world.main
     spe = loader.steps_per_epoch
-    done = loader.epoch * spe + loader.batch  # host-side step count: no sync to read state.step
+    done = loader.steps_taken  # host-side step count: no sync to read state.step
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)

@@ -133,10 +133,6 @@ class Run:
                     "or pick another --run-dir"
                 )
         world = init_world(resolve_device(cfg.device).type)  # torchrun: join the process group
-        if cfg.batch_size % world.size:
-            raise UsageError(
-                f"--batch-size {cfg.batch_size} (the global batch) is not divisible by {world.size} ranks"
-            )
         run = cls(cfg, Path(cfg.run_dir), resolve_device(cfg.device, world), None, None, experiment, world)
         if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
             run.save_config()
@@ -199,8 +195,7 @@ class Run:
                 barrier()
             self.save_config()  # only now: a resume refused above leaves the directory as it was
         if self.world.parallel:  # identical start on every rank: rank 0's state, at the same step
-            done = loader.epoch * loader.steps_per_epoch + loader.batch
-            check_same_on_all_ranks(done, "the step to resume from", self.device)
+            check_same_on_all_ranks(loader.steps_taken, "the step to resume from", self.device)
             state = broadcast_state(state)
         return fit(
             step,
