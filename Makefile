@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 NPROC ?= 2
-# torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see README, "Data parallel"
+# torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see docs/data-parallel.md
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
 .PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare clean-runs
@@ -58,7 +58,7 @@ test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
 	$(PY) -m pytest -q tests $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check engine models losses experiments tests bench
+	$(VENV)/bin/ruff check engine harness evaluation models losses experiments tests bench
 
 bench: setup  ## throughput suite; JSON and a markdown table land in bench/results/ (the run before: previous.json)
 	@if [ -f bench/results/latest.json ]; then mv bench/results/latest.json bench/results/previous.json; fi

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import engine
+import harness
 from bench.peer import build_peer
 from engine.amp import scaler_init
 from losses import make_ae_loss, make_elbo_loss, make_gan_loss
@@ -88,7 +89,7 @@ def _dcgan(spec: Spec, compile, donate):
 MODELS = {"mlp_vae": _vae("mlp"), "conv_vae": _vae("conv"), "conv_ae": _conv_ae, "dcgan": _dcgan}
 
 
-def _next_batch(box: dict, loader: engine.Loader) -> dict:
+def _next_batch(box: dict, loader: harness.Loader) -> dict:
     """The loader's next batch, starting a new epoch when the current one is spent."""
     batch = next(box["it"], None)
     if batch is None:
@@ -102,7 +103,7 @@ def _train_workload(spec: Spec, data) -> Workload:
     # CUDA graphs own their outputs and skip graphs whose inputs are mutated, so no donation there.
     cudagraphs = spec.compile == "cudagraphs"
     step, state, noise = MODELS[spec.case](spec, COMPILE_ARG[spec.compile], not cudagraphs)
-    loader = engine.Loader(data, spec.batch, seed=0, noise=noise)
+    loader = harness.Loader(data, spec.batch, seed=0, noise=noise)
     box = {"state": state, "it": iter(loader)}
 
     def advance(n: int) -> None:
@@ -119,7 +120,7 @@ def _train_workload(spec: Spec, data) -> Workload:
 
 def _data_workload(spec: Spec, data) -> Workload:
     """The data path alone: one epoch (permutation, index gathers, uint8 -> float scaling) a round."""
-    loader = engine.Loader(data, spec.batch, seed=0)
+    loader = harness.Loader(data, spec.batch, seed=0)
     box = {"it": iter(loader)}
 
     def advance(n: int) -> None:

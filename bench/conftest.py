@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
+import harness
 from bench.report import PEAKS, ROWS, SCALING, SKIPPED, machine, peer_ratios, summary
 from bench.roofline import matmul_peak
 from bench.timing import QUICK, ROUNDS, TARGET_S
@@ -32,7 +32,7 @@ def mnist():
 
     def get(device: str):
         if device not in cache:
-            cache[device] = engine.load_mnist(os.environ.get("DATA_DIR"), "train", device=device)
+            cache[device] = harness.load_mnist(os.environ.get("DATA_DIR"), "train", device=device)
         return cache[device]
 
     return get

@@ -34,7 +34,9 @@ def _worker(rank: int, size: int, port: int, conn, compile: bool, batch_size: in
     import torch.distributed as dist
 
     import engine
-    from engine.distributed import World, mean_over_ranks
+    import harness
+    from engine import mean_over_ranks
+    from harness.world import World
     from losses import make_elbo_loss
     from models import build_vae
 
@@ -45,8 +47,8 @@ def _worker(rank: int, size: int, port: int, conn, compile: bool, batch_size: in
     reduce = mean_over_ranks if size > 1 else None
     step = engine.make_train_step(make_elbo_loss(model), opt, compile=compile, donate=True, all_reduce=reduce)
     state = engine.init_state(model, opt)
-    data = engine.load_mnist(os.environ.get("DATA_DIR"), "train")
-    loader = engine.Loader(data, batch_size, 0, {"eps": (LATENT,)}, world=World(rank, size))
+    data = harness.load_mnist(os.environ.get("DATA_DIR"), "train")
+    loader = harness.Loader(data, batch_size, 0, {"eps": (LATENT,)}, world=World(rank, size))
     batches = iter(())
     n = 1  # the first step compiles: done before "ready"
     while n is not None:

@@ -1,70 +1,68 @@
-"""purestep engine: pure train steps over explicit state, functional optimizers, AMP, data, checkpoints."""
+"""purestep's core: pure train steps over explicit state, functional optimizers, AMP, in-step
+collectives and the checkpoint format. It knows no model, metric name, CLI flag or run directory:
+the harness (data, loops, runs) and the evaluation (FID, plots, reports) are packages of their own."""
 
-from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_update, unscale
+from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init
 from engine.checkpoint import (
     CheckpointError,
     CorruptCheckpoint,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
+    save_weights,
 )
-from engine.checkpoints import write_checkpoint
-from engine.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist
-from engine.distributed import World, init_world, mean_over_ranks
+from engine.collectives import mean_over_ranks
 from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
-from engine.imagefolder import load_image_folder
-from engine.loader import Loader, eval_batches
-from engine.loop import NonFiniteError, fit, read_metrics, resume_state
-from engine.optim import Optimizer, adam, adamw, sgd
+from engine.optim import Optimizer, adam, adamw, sgd, with_hyperparams
 from engine.schedules import constant, cosine, linear_warmup
-from engine.state import Aux, TrainState, clone_state, init_state
-from engine.step import make_eval_step, make_train_step
+from engine.state import Aux, TrainState, clone_state, init_state, tree_map
+from engine.step import (
+    compile_step,
+    make_eval_step,
+    make_pure_train_step,
+    make_train_step,
+    make_vmapped_train_step,
+)
 
 __all__ = [
-    "PRECISIONS",
-    "ScalerConfig",
-    "autocast",
-    "scaler_init",
-    "scaler_update",
-    "unscale",
-    "CheckpointError",
-    "CorruptCheckpoint",
-    "write_checkpoint",
-    "load_checkpoint",
-    "read_metadata",
-    "save_checkpoint",
-    "DataError",
-    "Dataset",
-    "load_dataset",
-    "load_fashion_mnist",
-    "load_mnist",
-    "World",
-    "init_world",
-    "mean_over_ranks",
-    "load_image_folder",
+    # state
+    "TrainState",
+    "Aux",
+    "init_state",
+    "clone_state",
+    "tree_map",
     "call_module",
     "load_into",
-    "GANState",
-    "init_gan_state",
-    "make_gan_step",
-    "Loader",
-    "eval_batches",
-    "NonFiniteError",
-    "fit",
-    "read_metrics",
-    "resume_state",
+    # optimizers and schedules
     "Optimizer",
     "adam",
     "adamw",
     "sgd",
+    "with_hyperparams",
     "constant",
     "cosine",
     "linear_warmup",
-    "Aux",
-    "TrainState",
-    "clone_state",
-    "init_state",
-    "make_eval_step",
+    # precision
+    "PRECISIONS",
+    "ScalerConfig",
+    "autocast",
+    "scaler_init",
+    # steps
     "make_train_step",
+    "make_pure_train_step",
+    "make_vmapped_train_step",
+    "make_eval_step",
+    "compile_step",
+    "GANState",
+    "init_gan_state",
+    "make_gan_step",
+    "mean_over_ranks",
+    # checkpoints
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_metadata",
+    "save_weights",
+    "CheckpointError",
+    "CorruptCheckpoint",
 ]

@@ -101,8 +101,9 @@ def _parse_metadata(path, meta: dict[str, str]) -> dict:
         config, vers = json.loads(meta["config"]), json.loads(meta["versions"])
     except (KeyError, ValueError):
         raise CorruptCheckpoint(f"{path} has damaged metadata (config/versions)") from None
-    # checkpoints written before checksums existed have none; they load unverified
-    return {"config": config, "versions": vers, "sha256": meta.get("sha256")}
+    if "sha256" not in meta:  # every checkpoint of this format carries one: without it, nothing is verified
+        raise CorruptCheckpoint(f"{path} has no checksum in its metadata")
+    return {"config": config, "versions": vers, "sha256": meta["sha256"]}
 
 
 def load_checkpoint(path, template, extra_template=None, device="cpu"):
@@ -115,7 +116,7 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
         flat = load_file(str(path), device="cpu")
     except Exception as e:
         raise CorruptCheckpoint(f"{path} is unreadable ({type(e).__name__}: {e})") from None
-    if meta["sha256"] is not None and checkpoint_digest(flat, raw) != meta["sha256"]:
+    if checkpoint_digest(flat, raw) != meta["sha256"]:
         raise CorruptCheckpoint(f"{path} is corrupt: its contents do not match the checksum in its metadata")
     expected = flatten_state(template)
     for key, ref in expected.items():

@@ -9,8 +9,8 @@ import torch
 
 from engine.amp import ScalerConfig, autocast, scaler_init
 from engine.optim import Optimizer
-from engine.state import Tensors, TrainState, init_state
-from engine.step import _maybe_compile, _step_fn
+from engine.state import Tensors, TrainState, init_state, write_state
+from engine.step import compile_step, make_pure_train_step
 
 
 class GANState(NamedTuple):
@@ -66,8 +66,9 @@ def make_gan_step(
     """
     if n_disc < 1:
         raise ValueError(f"n_disc must be at least 1, got {n_disc}")
-    d_update = _step_fn(disc_loss, disc_opt, precision, donate, scaler_config, all_reduce)
-    g_update = _step_fn(gen_loss, gen_opt, precision, donate, scaler_config, all_reduce)
+    shared = dict(precision=precision, donate=donate, scaler_config=scaler_config, all_reduce=all_reduce)
+    d_update = make_pure_train_step(disc_loss, disc_opt, **shared)
+    g_update = make_pure_train_step(gen_loss, gen_opt, **shared)
 
     def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc
@@ -84,10 +85,10 @@ def make_gan_step(
         ema = _ema_update(state.ema, gen.params, ema_decay, state.gen.step, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
-    return _maybe_compile(step, compile)
+    return compile_step(step, compile)
 
 
-def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, inplace: bool) -> Tensors:
+def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:
     """ema <- ema + (1 - d) * (params - ema) with d = min(decay, (1 + step) / (10 + step)).
 
     The warm-up of d (as tf.train.ExponentialMovingAverage's num_updates) keeps the average from
@@ -98,7 +99,4 @@ def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor,
     t = step.to(torch.float32)
     weight = 1 - torch.clamp((1 + t) / (10 + t), max=decay)  # 0-d: this step's share of the params
     delta = torch._foreach_mul(torch._foreach_sub(new, old), weight)
-    if inplace:
-        torch._foreach_add_(old, delta)
-        return ema
-    return dict(zip(keys, torch._foreach_add(old, delta)))
+    return write_state(ema, dict(zip(keys, torch._foreach_add(old, delta))), donate)

@@ -13,11 +13,10 @@ Tensors = dict[str, torch.Tensor]
 
 
 class Optimizer(NamedTuple):
-    """init(params) -> opt_state; update(grads, opt_state, params, inplace=False) -> (params, opt_state).
+    """init(params) -> opt_state; update(grads, opt_state, params) -> (params, opt_state).
 
-    With inplace=True ("donate") the update overwrites the given params and opt_state tensors, which
-    saves memory traffic; with inplace=False the inputs are untouched. Both run the same arithmetic,
-    so they agree bitwise.
+    update never writes into its inputs; a step that donates its input state writes the result
+    back itself (engine.state.write_state), so donation lives in one place.
     """
 
     init: Callable[[Tensors], Any]
@@ -43,9 +42,9 @@ class _ListOps:
         return loop
 
 
-def _owned(tensors: list[torch.Tensor], inplace: bool) -> list[torch.Tensor]:
-    """The tensors to write into: the inputs themselves when donating, fresh copies otherwise."""
-    return tensors if inplace else [t.clone() for t in tensors]
+def _copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Fresh copies to update in place (the inputs stay untouched)."""
+    return [t.clone() for t in tensors]
 
 
 def _once(x: torch.Tensor) -> torch.Tensor:
@@ -82,12 +81,12 @@ def adam(
     def init(params: Tensors) -> dict:
         return {"count": _count(params), "mu": _zeros_like(params), "nu": _zeros_like(params)}
 
-    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
+    def update(grads: Tensors, opt: dict, params: Tensors):
         keys = list(params)
         g = [grads[k] for k in keys]
-        p = _owned([params[k] for k in keys], inplace)
-        m = _owned([opt["mu"][k] for k in keys], inplace)
-        v = _owned([opt["nu"][k] for k in keys], inplace)
+        p = _copies([params[k] for k in keys])
+        m = _copies([opt["mu"][k] for k in keys])
+        v = _copies([opt["nu"][k] for k in keys])
         lr_t = lr_fn(opt["count"])  # float64 0-d: rate for this step
         count = opt["count"] + 1
         t = count.to(torch.float64)
@@ -135,17 +134,17 @@ def sgd(
             opt["momentum"] = _zeros_like(params)
         return opt
 
-    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
+    def update(grads: Tensors, opt: dict, params: Tensors):
         keys = list(params)
         g = [grads[k] for k in keys]
-        p = _owned([params[k] for k in keys], inplace)
+        p = _copies([params[k] for k in keys])
         lr_t = _once(lr_fn(opt["count"]).float())
         new_opt = {"count": opt["count"] + 1}
         if weight_decay:
             g = ops.add(g, p, alpha=weight_decay)
         if momentum:
             # A zero-initialised buffer makes the first step buf = g, as torch.optim.SGD does.
-            buf = _owned([opt["momentum"][k] for k in keys], inplace)
+            buf = _copies([opt["momentum"][k] for k in keys])
             ops.mul_(buf, momentum)
             ops.add_(buf, g)
             g = ops.add(g, buf, alpha=momentum) if nesterov else buf
@@ -169,8 +168,8 @@ def with_hyperparams(factory: Callable[..., Optimizer], **hyper: float) -> Optim
         tensors = {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in hyper.items()}
         return {"hyper": tensors, "inner": factory(**hyper).init(params)}
 
-    def update(grads: Tensors, opt: dict, params: Tensors, inplace: bool = False):
-        params, inner = factory(**opt["hyper"]).update(grads, opt["inner"], params, inplace)
+    def update(grads: Tensors, opt: dict, params: Tensors):
+        params, inner = factory(**opt["hyper"]).update(grads, opt["inner"], params)
         return params, {"hyper": opt["hyper"], "inner": inner}
 
     return Optimizer(init, update)

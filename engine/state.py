@@ -42,17 +42,28 @@ def init_state(module: nn.Module, optimizer, scaler: Tensors | None = None) -> T
     return TrainState(params, buffers, optimizer.init(params), step, scaler or {})
 
 
-def tree_map(fn, tree):
-    """Apply fn to every tensor of a nested NamedTuple / dict / list structure."""
+def tree_map(fn, tree, *rest):
+    """fn applied leaf by leaf to one or more nested NamedTuple / dict / list structures of one shape."""
     if isinstance(tree, torch.Tensor):
-        return fn(tree)
+        return fn(tree, *rest)
     if isinstance(tree, dict):
-        return {k: tree_map(fn, v) for k, v in tree.items()}
+        return {k: tree_map(fn, v, *(r[k] for r in rest)) for k, v in tree.items()}
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(tree_map(fn, v) for v in tree))
+        return type(tree)(*(tree_map(fn, *vs) for vs in zip(tree, *rest, strict=True)))
     if isinstance(tree, list | tuple):
-        return type(tree)(tree_map(fn, v) for v in tree)
+        return type(tree)(tree_map(fn, *vs) for vs in zip(tree, *rest, strict=True))
     return tree
+
+
+def write_state(old, new, donate: bool, keep_old: torch.Tensor | None = None):
+    """The state after an update: `new`, or `old` wherever the 0-d bool keep_old is set (a skipped
+    update; no host sync). donate=True writes the result into old's storage in one pass and returns
+    old: the one donation mechanism of the engine (bitwise the same result as donate=False)."""
+    if keep_old is None:
+        return tree_map(lambda o, n: o.copy_(n), old, new) if donate else new
+    if donate:
+        return tree_map(lambda o, n: torch.where(keep_old, o, n, out=o), old, new)
+    return tree_map(lambda o, n: torch.where(keep_old, o, n), old, new)
 
 
 def clone_state(state):

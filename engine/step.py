@@ -7,24 +7,16 @@ from collections.abc import Callable
 import torch
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
-from engine.distributed import sum_over_ranks
 from engine.optim import Optimizer
-from engine.state import Aux, TrainState, flatten_state, unflatten_state
+from engine.state import Aux, TrainState, write_state
 
 LossFn = Callable[[dict, dict, dict], tuple[torch.Tensor, Aux]]
 
 
 def default_compile(device_type: str) -> bool:
     """Compile by default on CUDA, and on CPU too: on 2 CPU cores the compiled mlp VAE step measured
-    1.8x the eager one and the conv VAE 1.08x (README, Performance); the first step pays ~20 s."""
+    1.8x the eager one and the conv VAE 1.08x (docs/performance.md); the first step pays ~20 s."""
     return device_type in ("cuda", "cpu")
-
-
-def _select(keep_old: torch.Tensor, old, new):
-    """Per tensor: old where keep_old else new (no host sync), shaped like `new`."""
-    flat_old, flat_new = flatten_state(old), flatten_state(new)
-    chosen = {k: torch.where(keep_old, flat_old[k], v) for k, v in flat_new.items()}
-    return unflatten_state(chosen, new)
 
 
 def _nonfinite(loss: torch.Tensor, grads: dict) -> torch.Tensor:
@@ -32,13 +24,6 @@ def _nonfinite(loss: torch.Tensor, grads: dict) -> torch.Tensor:
     float32 entry is (it cannot overflow), and one read pass; per-tensor ops, no foreach: vmap-able."""
     sums = [loss.double()] + [g.sum(dtype=torch.float64) for g in grads.values()]
     return ~torch.isfinite(torch.stack(sums)).all()
-
-
-def _select_into(keep_old: torch.Tensor, old, new) -> None:
-    """Donate mode's _select: old where keep_old else new, written into old's storage in one pass."""
-    flat_old, flat_new = flatten_state(old), flatten_state(new)
-    for k, v in flat_old.items():
-        torch.where(keep_old, v, flat_new[k], out=v)
 
 
 def make_train_step(
@@ -57,12 +42,15 @@ def make_train_step(
     tensor, for schedules inside the loss. compile: True, False, None (per-device default) or a
     torch.compile mode such as "reduce-overhead" (CUDA graphs). donate=True lets the step overwrite
     the input state's storage; the result is bitwise the same as donate=False. all_reduce (data
-    parallel, e.g. engine.distributed.mean_over_ranks) maps a flat dict of tensors to their means
+    parallel, e.g. engine.mean_over_ranks) maps a flat dict of tensors to their means
     over the ranks; the step calls it once, between gradient and update, on the gradients, the
     metrics and the float buffers together, so every rank applies the same update.
     """
-    step = _step_fn(loss_fn, optimizer, precision, donate, scaler_config, all_reduce)
-    return _maybe_compile(step, compile)
+    pure = make_pure_train_step(
+        loss_fn, optimizer, precision=precision, donate=donate, scaler_config=scaler_config,
+        all_reduce=all_reduce,
+    )  # fmt: skip
+    return compile_step(pure, compile)
 
 
 def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
@@ -74,8 +62,17 @@ def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
     return tuple({k: means[f"{part}/{k}"] for k in tensors} for part, tensors in parts.items())
 
 
-def _step_fn(loss_fn, optimizer, precision, donate, scaler_config, all_reduce=None):
-    """The uncompiled pure step that make_train_step wraps (and make_vmapped_train_step vmaps)."""
+def make_pure_train_step(
+    loss_fn: LossFn,
+    optimizer: Optimizer,
+    *,
+    precision: str = "fp32",
+    donate: bool = False,
+    scaler_config: ScalerConfig = ScalerConfig(),
+    all_reduce: Callable[[dict], dict] | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The uncompiled pure step that make_train_step compiles (and make_vmapped_train_step vmaps);
+    compose it into a larger step (as the GAN step does) and compile the whole with compile_step."""
     fp16 = precision == "fp16"
     autocast(precision, "cpu")  # validate the precision name now, not at the first step
 
@@ -98,15 +95,11 @@ def _step_fn(loss_fn, optimizer, precision, donate, scaler_config, all_reduce=No
             grads, skip = unscale(grads, state.scaler)
         else:  # an inf/nan loss or gradient: skip the update; the loop stops on it or counts it
             skip = _nonfinite(loss, grads)
-        params, opt = optimizer.update(grads, state.opt, state.params, inplace=False)
+        params, opt = optimizer.update(grads, state.opt, state.params)
         old, new = {"params": state.params, "opt": state.opt}, {"params": params, "opt": opt}
         if not fp16:  # an inf/nan forward may have poisoned BatchNorm statistics too
             old["buffers"], new["buffers"] = state.buffers, aux.buffers
-        if donate:  # the old tensors where skip: no host sync
-            _select_into(skip, old, new)
-            new = old
-        else:
-            new = _select(skip, old, new)
+        new = write_state(old, new, donate, keep_old=skip)  # the old tensors where skip: no host sync
         buffers = new.get("buffers", aux.buffers)  # fp16 keeps them, as GradScaler does
         metrics["skipped"] = skip.float()
         scaler = state.scaler
@@ -128,13 +121,13 @@ def make_vmapped_train_step(
     weight), which carry the leading S axis too. Use an optimizer built with foreach=False: vmap has
     no batching rules for the multi-tensor kernels.
     """
-    single = _step_fn(loss_fn, optimizer, precision, False, ScalerConfig())
+    single = make_pure_train_step(loss_fn, optimizer, precision=precision)
 
     def step(state: TrainState, batch: dict):
         axes = {k: 0 if k in config_keys else None for k in batch}
         return torch.func.vmap(single, in_dims=(0, axes), randomness="error")(state, batch)
 
-    return _maybe_compile(step, compile)
+    return compile_step(step, compile)
 
 
 def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[TrainState, dict], dict]:
@@ -149,31 +142,9 @@ def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[Tra
     return eval_step
 
 
-def evaluate_mean(eval_step, state, batches, world=None) -> dict[str, float]:
-    """Per-example means of eval_step's metrics over batches (weighted by batch size); one host sync.
-
-    Data parallel (world.size > 1): rank r evaluates batches r, r + size, ... and the totals are
-    summed over the ranks, so every rank returns the means over all batches."""
-    rank, size = (world.rank, world.size) if world is not None else (0, 1)
-    totals, n, first = None, 0, None
-    for i, batch in enumerate(batches):
-        first = batch if first is None else first
-        if i % size != rank:
-            continue
-        metrics = eval_step(state, batch)
-        values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
-        totals, n = (values if totals is None else totals + values), n + len(batch["x"])
-    if totals is None:  # more ranks than batches: this one adds nothing, but in the same shape
-        metrics = eval_step(state, first)
-        totals = torch.zeros(len(metrics), device=state.step.device)
-    if size > 1:
-        summed = sum_over_ranks(torch.cat([totals, totals.new_tensor([n])]))
-        totals, n = summed[:-1], summed[-1]
-    return dict(zip(metrics, (totals / n).tolist()))
-
-
-def _maybe_compile(step, compile):
-    """Wrap the whole step in one torch.compile region, resolving the per-device default lazily."""
+def compile_step(step, compile: bool | str | None = None):
+    """The whole step as one torch.compile(fullgraph=True) region; compile: True, False, None (the
+    per-device default, resolved at the first call) or a torch.compile mode such as "reduce-overhead"."""
     compiled = {}
 
     def run(state: TrainState, batch: dict):

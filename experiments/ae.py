@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 
 import engine
-from engine.config import RunConfig, option
-from engine.plots import plot_curves, save_image_rows
-from engine.run import Run, main_guard
+from evaluation.plots import plot_curves, save_image_rows
+from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
 from losses import make_ae_loss
 from losses.ae import RECONSTRUCTIONS
 from models import ARCHS, build_ae
@@ -21,6 +20,13 @@ class AEConfig(RunConfig):
     latent_dim: int = option(16, "size of the code z")
     loss: str = option("bce", "reconstruction error to train on", RECONSTRUCTIONS)
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.require(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
+
+    def tag(self) -> str:
+        return f"{self.arch}-z{self.latent_dim}"
+
 
 def save_plots(run: Run, model, state, records) -> None:
     """loss.png and reconstructions.png in the run directory."""
@@ -29,7 +35,7 @@ def save_plots(run: Run, model, state, records) -> None:
     plot_curves(records, panels, run.run_dir / "loss.png", tag)
     engine.load_into(model, state.params, state.buffers)
     with torch.no_grad():
-        x = engine.data.to_unit(run.test.images[:16])  # (16, 1, 28, 28)
+        x = to_unit(run.test.images[:16])  # (16, 1, 28, 28)
         recon = torch.sigmoid(model(x)[0])
     save_image_rows(
         [x, recon],
@@ -56,7 +62,7 @@ def main(argv=None):
         run.init_state(model, optimizer),
         run.loader(),
         evaluate,
-        on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)),
+        on_epoch_end=lambda s, _: save_plots(run, model, s, read_metrics(run.run_dir)),
     )
     return run.finish(state, evaluate)
 

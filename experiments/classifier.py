@@ -13,13 +13,10 @@ from safetensors.torch import save_file
 
 import engine
 from engine.checkpoint import atomic_write
-from engine.config import RunConfig, UsageError, option
-from engine.plots import plot_curves
-from engine.run import Run, main_guard
+from evaluation.plots import plot_curves
+from harness import Run, RunConfig, main_guard, option, read_metrics
 from losses.classify import SHIFT_NOISE, make_classifier_loss
-from models.classifier import build_classifier
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+from models.classifier import build_classifier, weights_path
 
 
 @dataclass(frozen=True)
@@ -34,16 +31,18 @@ class ClassifierConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.width < 1:
-            raise UsageError(f"--width must be at least 1, got {self.width}")
-        if self.weight_decay < 0 or self.warmup < 0 or self.max_shift < 0:
-            raise UsageError("--weight-decay, --warmup and --max-shift must be >= 0")
+        self.require(self.width >= 1, f"--width must be at least 1, got {self.width}")
+        nonnegative = min(self.weight_decay, self.warmup, self.max_shift) >= 0
+        self.require(nonnegative, "--weight-decay, --warmup and --max-shift must be >= 0")
+
+    def tag(self) -> str:
+        return "cnn"
 
 
 def export_weights(run: Run, state, accuracy: float, argv) -> Path:
     """The trained weights as a plain state_dict, with how they were made in the metadata."""
     cfg = run.config
-    path = WEIGHTS_DIR / f"classifier-{cfg.dataset}.safetensors"
+    path = weights_path(cfg.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.params.items()}
     meta = {
@@ -62,7 +61,7 @@ def export_weights(run: Run, state, accuracy: float, argv) -> Path:
 @main_guard
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    run = Run.start(ClassifierConfig, argv, "classifier", tag=lambda c: "cnn")
+    run = Run.start(ClassifierConfig, argv, "classifier")
     cfg = run.config
     model = build_classifier(cfg.width).to(run.device)
     loss_fn = make_classifier_loss(model, cfg.max_shift)
@@ -82,7 +81,7 @@ def main(argv=None):
         run.loader({SHIFT_NOISE: (2,)} if cfg.max_shift else None),  # evaluation: no shift draws
         evaluate,
         on_epoch_end=lambda s, _: plot_curves(
-            engine.read_metrics(run.run_dir), panels, run.run_dir / "loss.png", title
+            read_metrics(run.run_dir), panels, run.run_dir / "loss.png", title
         ),
     )
     final = run.finish(state, evaluate)

@@ -3,15 +3,16 @@ and write report.md: `make compare-ae-vae ARGS="--latent-dim 2"`."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import DataError
+from evaluation.autoencoders import evaluate_run
+from evaluation.report import write_compare_report, write_run_report
 from experiments import ae, vae
-from experiments.evaluate import evaluate_run
-from experiments.report import write_compare_report, write_run_report
+from harness import Config, DataError, main_guard, option, parse_config
+from harness.config import BINARIZE, DATASET_NAMES
+from models import ARCHS
 
 
 def _same_config(run_dir: Path, wanted: dict) -> bool:
@@ -40,28 +41,28 @@ def train_or_reuse(kind: str, run_dir: Path, wanted: dict, extra: list[str]) -> 
     {"ae": ae.main, "vae": vae.main}[kind](argv)
 
 
+@dataclass(frozen=True)
+class CompareConfig(Config):
+    dataset: str = option("mnist", "data set", DATASET_NAMES)
+    arch: str = option("conv", "encoder/decoder of both models", tuple(ARCHS))
+    latent_dim: int = option(2, "size of both codes")
+    epochs: int = option(10, "passes over the training set, each model")
+    binarize: str = option("none", "dynamic: fresh Bernoulli pixels each time an image is used", BINARIZE)
+    iwae_k: int = option(1000, "importance samples for the VAE's NLL")
+    iwae_images: int = option(0, "NLL on a seeded subset of N test images (0: all)")
+    out: str = option("", "output folder; empty: runs/compare-<dataset>-<arch>-z<dim>")
+    compile: bool = option(True, "compile the train steps")
+    progress: bool = option(True, "show progress bars")
+
+    def __post_init__(self):
+        super().__post_init__()
+        ok = min(self.latent_dim, self.epochs, self.iwae_k) >= 1
+        self.require(ok, "--latent-dim, --epochs and --iwae-k must be at least 1")
+
+
+@main_guard
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__)
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
-    p.add_argument("--arch", default="conv", choices=("mlp", "conv"))
-    p.add_argument("--latent-dim", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--binarize", default="none", choices=("none", "dynamic"))
-    p.add_argument("--iwae-k", type=int, default=1000, help="importance samples for the VAE's NLL")
-    p.add_argument(
-        "--iwae-images", type=int, default=0, help="NLL on a seeded subset of N test images (0: all)"
-    )
-    p.add_argument("--out", default="", help="default: runs/compare-<dataset>-<arch>-z<dim>")
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compile the train steps (default: on)",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.latent_dim < 1 or args.epochs < 1 or args.iwae_k < 1:
-        p.error("--latent-dim, --epochs and --iwae-k must be at least 1")
+    args, _ = parse_config(CompareConfig, argv, "python -m experiments.compare", __doc__)
     out = Path(
         args.out
         or f"runs/compare-{args.dataset}-{args.arch}-z{args.latent_dim}"
@@ -74,18 +75,14 @@ def main(argv=None):
         "epochs": args.epochs,
         "binarize": args.binarize,
     }
-    extra = (["--no-progress"] if args.no_progress else []) + ([] if args.compile else ["--no-compile"])
+    extra = ([] if args.progress else ["--no-progress"]) + ([] if args.compile else ["--no-compile"])
     pair = {}
-    try:
-        for kind in ("ae", "vae"):
-            run_dir = out / kind
-            train_or_reuse(kind, run_dir, wanted, extra)
-            cfg, model, result, tensors = evaluate_run(run_dir, args.iwae_k, args.iwae_images)
-            write_run_report(run_dir, cfg, model, result, tensors)
-            pair[kind], pair[f"{kind}_dir"] = (cfg, model, result, tensors), run_dir
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    for kind in ("ae", "vae"):
+        run_dir = out / kind
+        train_or_reuse(kind, run_dir, wanted, extra)
+        cfg, model, result, tensors = evaluate_run(run_dir, args.iwae_k, args.iwae_images)
+        write_run_report(run_dir, cfg, model, result, tensors)
+        pair[kind], pair[f"{kind}_dir"] = (cfg, model, result, tensors), run_dir
     print(f"wrote {write_compare_report(out, pair)}")
 
 

@@ -3,22 +3,21 @@ eval.json, a nearest-neighbour grid and report.md into it (`make eval-gan RUN=di
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from engine.config import UsageError
-from engine.data import DataError
-from engine.fidelity import RealReference, random_subset, sample_images
-from engine.plots import save_image_rows
-from engine.quality import inception_score, nearest_neighbours
-from engine.run import TEST_SEED, load_splits, main_guard, resolve_device
-from experiments.evaluate import decode, load_trained
+from evaluation.autoencoders import decode, load_trained
+from evaluation.fidelity import RealReference, random_subset, sample_images
+from evaluation.plots import save_image_rows
+from evaluation.quality import inception_score, nearest_neighbours
 from experiments.gan import CLASSIFIED, GANConfig
+from harness import Config, DataError, UsageError, main_guard, option, parse_config, resolve_device
+from harness.config import DEVICES
+from harness.run import TEST_SEED, load_splits
 from losses.gan import make_gan_loss
 from models.gan import build_gan
 
@@ -112,24 +111,28 @@ def write_report(run_dir: Path, result: dict) -> None:
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
+@dataclass(frozen=True)
+class EvalGANConfig(Config):
+    run_dir: str = option("", "a finished run of experiments.gan", positional=True)
+    vae_run: str = option("", "a finished VAE run to score beside the GAN (empty: none)")
+    samples: int = option(10000, "images per row (compare_gan: 10,000)")
+    device: str = option("auto", "where tensors live", DEVICES)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.require(self.samples >= 10, "--samples must be at least 10")
+
+
 @main_guard
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.eval_gan", description=__doc__)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument(
-        "--vae-run", type=Path, default=None, help="a finished VAE run to score beside the GAN"
-    )
-    parser.add_argument("--samples", type=int, default=10000, help="images per row (compare_gan: 10,000)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args(argv)
-    if args.samples < 10:
-        raise UsageError("--samples must be at least 10")
-    result = evaluate(args.run_dir, args.vae_run, args.samples, resolve_device(args.device))
-    (args.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_report(args.run_dir, result)
+    args, _ = parse_config(EvalGANConfig, argv, "python -m experiments.eval_gan", __doc__)
+    run_dir, vae_run = Path(args.run_dir), Path(args.vae_run) if args.vae_run else None
+    result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device))
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(run_dir, result)
     for name, r in result["rows"].items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()), file=sys.stdout)
-    print(f"wrote {args.run_dir / 'report.md'}")
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    print(f"wrote {run_dir / 'report.md'}")
     return result
 
 

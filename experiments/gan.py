@@ -8,21 +8,22 @@ from torchvision.io import read_image
 from torchvision.utils import save_image
 
 import engine
-from engine.config import RunConfig, UsageError, option
-from engine.data import to_unit
-from engine.fidelity import RealReference, sample_images
-from engine.gan import init_gan_state
-from engine.loop import STEPS
-from engine.plots import plot_curves, plot_step_curves, save_gif, save_grids_side_by_side
-from engine.run import TEST_SEED, Run, main_guard
+from evaluation.fidelity import RealReference, sample_images
+from evaluation.plots import plot_curves, plot_step_curves, save_gif, save_grids_side_by_side
+from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
+from harness.config import DATASET_NAMES
+from harness.run import TEST_SEED
+from harness.rundir import STEPS
 from losses.gan import GAN_LOSSES, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
 
-CLASSIFIED = ("mnist", "fashion-mnist")  # data sets with a project classifier, hence FID and IS
+CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
 
 
 @dataclass(frozen=True)
 class GANConfig(RunConfig):
+    RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid")
+
     dataset: str = option("mnist", "data set (imagefolder: --image-folder)", CLASSIFIED + ("imagefolder",))
     epochs: int = option(5, "passes over the training set (one generator step per batch)")
     lr: float = option(2e-4, "Adam learning rate of both players (DCGAN: 2e-4)")
@@ -43,10 +44,14 @@ class GANConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n_disc < 1 or not 0 <= self.ema_decay < 1 or self.eval_samples < 0:
-            raise UsageError("--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
-        if self.target_fid and (self.dataset not in CLASSIFIED or not self.eval_samples):
-            raise UsageError("--target-fid needs --dataset mnist or fashion-mnist and --eval-samples > 0")
+        ok = self.n_disc >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
+        self.require(ok, "--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
+        scored = self.dataset in CLASSIFIED and self.eval_samples > 0
+        need = "--target-fid needs --dataset mnist or fashion-mnist and --eval-samples > 0"
+        self.require(not self.target_fid or scored, need)
+
+    def tag(self) -> str:
+        return f"{self.arch}-{self.loss}"
 
 
 def save_plots(run: Run, gan, state, reference) -> None:
@@ -54,8 +59,8 @@ def save_plots(run: Run, gan, state, reference) -> None:
     cfg, d = run.config, run.run_dir
     tag = f"{cfg.arch} GAN ({cfg.loss}) on {cfg.dataset}"
     panels = [("losses", ["d_loss", "g_loss"]), ("D(x) and D(G(z))", ["d_real", "d_fake"])]
-    plot_step_curves(engine.read_metrics(d, STEPS), panels, d / "losses_per_step.png", tag)
-    records = engine.read_metrics(d)
+    plot_step_curves(read_metrics(d, STEPS), panels, d / "losses_per_step.png", tag)
+    records = read_metrics(d)
     epoch_panels = [("discriminator loss", "d_loss"), ("generator loss", "g_loss")]
     epoch_panels += [("D(x)", "d_real"), ("D(G(z))", "d_fake")]
     plot_curves(records, epoch_panels, d / "losses_per_epoch.png", tag)
@@ -74,7 +79,7 @@ def save_plots(run: Run, gan, state, reference) -> None:
 
 @main_guard
 def main(argv=None):
-    run = Run.start(GANConfig, argv, "gan", tag=lambda c: f"{c.arch}-{c.loss}")
+    run = Run.start(GANConfig, argv, "gan")
     cfg = run.config
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
@@ -103,11 +108,12 @@ def main(argv=None):
 
     state = run.fit(
         step,
-        init_gan_state(gen, disc, g_opt, d_opt, cfg.precision),
+        engine.init_gan_state(gen, disc, g_opt, d_opt, cfg.precision),
         run.loader(noise, batches=cfg.n_disc),
         evaluate,
         on_epoch_end=lambda s, _: save_plots(run, gan, s, reference),
         log_every=10,
+        summary=("train_d_loss", "train_g_loss", "test_fid", "test_is"),
     )
     weights = {
         "generator": (state.ema, state.gen.buffers),

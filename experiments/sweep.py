@@ -5,69 +5,73 @@ compiled step updates all of them; different architectures run one after another
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import engine
-from engine.optim import with_hyperparams
-from engine.state import tree_map
-from engine.step import evaluate_mean, make_vmapped_train_step
-from experiments.evaluate import iwae_nll, nll_subset
+from engine import make_vmapped_train_step, tree_map, with_hyperparams
+from engine.state import flatten_state, unflatten_state
+from evaluation.likelihood import iwae_nll, nll_subset
+from harness import (
+    Config,
+    Loader,
+    UsageError,
+    evaluate_mean,
+    main_guard,
+    option,
+    parse_config,
+    resolve_device,
+)
+from harness.config import BINARIZE, DATASET_NAMES
+from harness.data import load_dataset
+from harness.loader import eval_batches, fixed_images
+from harness.run import TEST_SEED
 from losses import make_elbo_loss
-from models import build_vae
+from models import ARCHS, build_vae
 
 
-def _floats(text):
-    return [float(v) for v in text.split(",")]
+@dataclass(frozen=True)
+class SweepConfig(Config):
+    dataset: str = option("mnist", "data set", DATASET_NAMES)
+    arch: tuple[str, ...] = option(("mlp",), "comma-separated encoder/decoders", tuple(ARCHS))
+    latent_dim: tuple[int, ...] = option((20,), "comma-separated code sizes")
+    beta: tuple[float, ...] = option((1.0,), "comma-separated KL weights")
+    lr: tuple[float, ...] = option((1e-3,), "comma-separated Adam learning rates")
+    epochs: int = option(5, "passes over the training set")
+    batch_size: int = option(128, "training batch size")
+    binarize: str = option("none", "dynamic: fresh Bernoulli pixels each time an image is used", BINARIZE)
+    seed: int = option(0, "seed of the weights, the data order and the noise")
+    max_steps: int = option(0, "stop each group after N steps (0: all epochs)")
+    vmap: bool = option(True, "train configs of one architecture together (default) or one after another")
+    compile: bool = option(True, "wrap the step in torch.compile")
+    iwae_k: int = option(100, "importance samples for each config's NLL")
+    iwae_images: int = option(1000, "test images for the NLL (0: all)")
+    out: str = option("runs/sweep-vae", "output folder")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        super().__post_init__()
+        ok = min(self.latent_dim) >= 1 and min(self.lr) > 0 and min(self.beta) >= 0 and self.epochs >= 1
+        self.require(ok, "latent sizes must be >= 1, learning rates > 0, betas >= 0, epochs >= 1")
 
 
-def _ints(text):
-    return [int(v) for v in text.split(",")]
-
-
-def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
-    p.add_argument("--arch", default="mlp", type=lambda s: s.split(","), help="comma-separated: mlp,conv")
-    p.add_argument("--latent-dim", default=[20], type=_ints, help="comma-separated code sizes")
-    p.add_argument("--beta", default=[1.0], type=_floats, help="comma-separated KL weights")
-    p.add_argument("--lr", default=[1e-3], type=_floats, help="comma-separated Adam learning rates")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--binarize", default="none", choices=("none", "dynamic"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop each group after N steps (0: all epochs)")
-    p.add_argument(
-        "--vmap",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="train configs of one architecture together (default) or one after another",
-    )
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--iwae-k", type=int, default=100, help="importance samples for each config's NLL")
-    p.add_argument("--iwae-images", type=int, default=1000, help="test images for the NLL (0: all)")
-    p.add_argument("--out", default="runs/sweep-vae")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    args = p.parse_args(argv)
-    bad = [a for a in args.arch if a not in ("mlp", "conv")]
-    if bad or min(args.latent_dim) < 1 or min(args.lr) <= 0 or min(args.beta) < 0 or args.epochs < 1:
-        p.error("arch must be mlp/conv; latent sizes >= 1, learning rates > 0, betas >= 0, epochs >= 1")
-    return args
+def parse(argv) -> SweepConfig:
+    return parse_config(SweepConfig, argv, "python -m experiments.sweep", __doc__)[0]
 
 
 def stack_states(states):
     """S states with equal structure -> one state whose tensors have a leading axis S."""
-    flat = [engine.state.flatten_state(s) for s in states]
+    flat = [flatten_state(s) for s in states]
     stacked = {k: torch.stack([f[k] for f in flat]) for k in flat[0]}
-    return engine.state.unflatten_state(stacked, states[0])
+    return unflatten_state(stacked, states[0])
 
 
 def unstack_state(state, i: int):
@@ -95,7 +99,7 @@ def train_group(arch, z_dim, configs, args, data, device):
     model = build_vae(arch, z_dim).to(device)
 
     def loader():
-        return engine.Loader(data, args.batch_size, args.seed, {"eps": (z_dim,)}, args.binarize == "dynamic")
+        return Loader(data, args.batch_size, args.seed, {"eps": (z_dim,)}, args.binarize == "dynamic")
 
     total = args.max_steps or args.epochs * loader().steps_per_epoch
     t0 = time.perf_counter()
@@ -135,11 +139,11 @@ def evaluate_config(model, state, beta, z_dim, test, args):
     """Test negative ELBO, KL, MSE (one fixed noise draw per image) and the IWAE NLL of one config."""
     eval_step = engine.make_eval_step(make_elbo_loss(model, beta=beta))
     dyn = args.binarize == "dynamic"
-    batches = engine.eval_batches(test, 1000, engine.run.TEST_SEED, {"eps": (z_dim,)}, dyn)
+    batches = eval_batches(test, 1000, TEST_SEED, {"eps": (z_dim,)}, dyn)
     out = evaluate_mean(eval_step, state, batches)
     engine.load_into(model, state.params, state.buffers)
-    x = nll_subset(engine.loader.fixed_images(test, engine.run.TEST_SEED, dyn), args.iwae_images)
-    out["nll"] = iwae_nll(model.eval(), x, z_dim, args.iwae_k, engine.run.TEST_SEED + 3)
+    x = nll_subset(fixed_images(test, TEST_SEED, dyn), args.iwae_images)
+    out["nll"] = iwae_nll(model.eval(), x, z_dim, args.iwae_k, TEST_SEED + 3)
     return out
 
 
@@ -177,18 +181,14 @@ def plot_sweep(rows: list[dict], swept: list[str], path: Path, title: str) -> No
     plt.close(fig)
 
 
+@main_guard
 def main(argv=None):
     args = parse(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its configs already share one vmapped step
-        print("error: a sweep runs in one process; launch it without torchrun", file=sys.stderr)
-        raise SystemExit(2)
-    device = engine.run.resolve_device("auto")
-    try:
-        train = engine.load_dataset(args.dataset, "train", device=device)
-        test = engine.load_dataset(args.dataset, "test", device=device)
-    except engine.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError("a sweep runs in one process; launch it without torchrun")
+    device = resolve_device("auto")
+    train = load_dataset(args.dataset, "train", device=device)
+    test = load_dataset(args.dataset, "test", device=device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -212,7 +212,8 @@ def main(argv=None):
                 f"{arch} z={z_dim} beta={beta} lr={lr}: -ELBO {result['neg_elbo']:.2f}, "
                 f"KL {result['kl']:.2f}, NLL {result['nll']:.2f}, MSE {result['mse']:.4f}"
             )
-    (out / "summary.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    summary = {"args": dataclasses.asdict(args), "rows": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         f"# VAE sweep on {args.dataset}: {args.epochs} epochs, batch {args.batch_size}, "
         f"{'vmapped' if args.vmap else 'one run per config'}, NLL with k={args.iwae_k} on "

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 
 import engine
-from engine.config import RunConfig, option
-from engine.plots import plot_curves, save_image_grid, save_image_rows
-from engine.run import Run, main_guard
+from evaluation.plots import plot_curves, save_image_grid, save_image_rows
+from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
 from losses import make_elbo_loss
 from models import ARCHS, build_vae
 
@@ -21,6 +20,13 @@ class VAEConfig(RunConfig):
     beta: float = option(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     kl_warmup: int = option(0, "steps over which the KL weight ramps up from 0 to beta")
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.require(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
+
+    def tag(self) -> str:
+        return f"{self.arch}-z{self.latent_dim}"
+
 
 def save_plots(run: Run, model, state, records) -> None:
     """loss.png, kl.png, reconstructions.png and samples.png in the run directory."""
@@ -30,7 +36,7 @@ def save_plots(run: Run, model, state, records) -> None:
     plot_curves(records, panels, run.run_dir / "kl.png", tag)
     engine.load_into(model, state.params, state.buffers)
     with torch.no_grad():
-        x = engine.data.to_unit(run.test.images[:16])  # (16, 1, 28, 28)
+        x = to_unit(run.test.images[:16])  # (16, 1, 28, 28)
         recon = torch.sigmoid(model.decode(model.encode(x)[0]))  # decoded posterior means
         g = torch.Generator(device=run.device).manual_seed(cfg.seed)
         z = torch.randn(64, cfg.latent_dim, generator=g, device=run.device)
@@ -62,7 +68,8 @@ def main(argv=None):
         run.init_state(model, optimizer),
         run.loader(noise),
         evaluate,
-        on_epoch_end=lambda s, _: save_plots(run, model, s, engine.read_metrics(run.run_dir)),
+        on_epoch_end=lambda s, _: save_plots(run, model, s, read_metrics(run.run_dir)),
+        summary=("train_loss", "test_loss", "test_kl"),
     )
     return run.finish(state, evaluate)
 

@@ -51,7 +51,7 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0):
 def log_importance_weights(model, x, eps):
     """log p(x|z) + log p(z) - log q(z|x) for z = mu + sigma * eps: x (B,1,H,W), eps (K,B,Z) -> (B,K).
 
-    The IWAE bound is logmeanexp over K of these (engine.metrics.iwae_bound); K=1 is the ELBO.
+    The IWAE bound is logmeanexp over K of these (evaluation.likelihood.iwae_bound); K=1 is the ELBO.
     """
     mu, logvar = model.encode(x)  # (B, Z) each
     mu, logvar = mu.float(), logvar.float()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
 from einops import rearrange
 from torch import nn
 
 FEATURES = 128  # size of the penultimate activations that quality metrics compare
+# The trained weights ship as package data, found from the installed package, whatever the working directory.
+WEIGHTS_DIR = Path(str(resources.files("models") / "weights"))
 
 
 class Classifier(nn.Module):
@@ -37,5 +42,10 @@ class Classifier(nn.Module):
 
 
 def build_classifier(width: int = 32, features: int = FEATURES) -> Classifier:
-    """The classifier behind models/weights/classifier-<dataset>.safetensors (defaults = shipped)."""
+    """The classifier behind weights_path(dataset) (defaults = the shipped ones)."""
     return Classifier(width, features)
+
+
+def weights_path(dataset: str) -> Path:
+    """Where the trained classifier for `dataset` lives (written by experiments.classifier)."""
+    return WEIGHTS_DIR / f"classifier-{dataset}.safetensors"

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import engine
-from engine.amp import ScalerConfig
+from engine.amp import ScalerConfig, scaler_update, unscale
 from engine.state import Aux
 
 CFG = ScalerConfig(init_scale=2.0**10, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
@@ -78,7 +78,7 @@ def test_loss_scaler_reproduces_grad_scaler():
 def test_scaler_never_grows_to_inf():
     cfg = ScalerConfig(init_scale=2.0**127, growth_interval=1)
     scaler = engine.scaler_init("cpu", cfg)
-    scaler = engine.scaler_update(scaler, torch.tensor(False), cfg)
+    scaler = scaler_update(scaler, torch.tensor(False), cfg)
     assert scaler["scale"].item() == 2.0**127 and int(scaler["growth_tracker"]) == 0
 
 
@@ -86,9 +86,9 @@ def test_unscale_flags_nan_and_inf():
     scaler = engine.scaler_init("cpu")
     for bad in (float("nan"), float("inf"), -float("inf")):
         grads = {"a": torch.ones(3), "b": torch.tensor([1.0, bad])}
-        _, found = engine.unscale(grads, scaler)
+        _, found = unscale(grads, scaler)
         assert bool(found)
-    unscaled, found = engine.unscale({"a": torch.full((2,), 2.0**16)}, scaler)
+    unscaled, found = unscale({"a": torch.full((2,), 2.0**16)}, scaler)
     assert not bool(found) and torch.equal(unscaled["a"], torch.ones(2))
 
 

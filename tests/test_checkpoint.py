@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import engine
 from engine.checkpoint import FORMAT, CheckpointError, save_weights
-from engine.checkpoints import list_checkpoints, write_checkpoint
 from engine.state import flatten_state
+from harness.rundir import list_checkpoints, write_checkpoint
 from models import build_ae, build_vae
 from tests.conftest import run_cli
 
@@ -104,14 +104,13 @@ def test_rotation_keeps_the_newest_k_and_links_the_latest(tmp_path):
     assert not list(tmp_path.rglob(".*"))  # no temporary files or links left behind
 
 
-def test_a_checkpoint_from_before_checksums_still_loads(tmp_path):
+def test_a_checkpoint_without_a_checksum_is_refused_as_corrupt(tmp_path):
     _, state = _state()
     flat = {k: v.contiguous() for k, v in flatten_state(state).items()}
     meta = {"format": FORMAT, "config": "{}", "versions": "{}"}
     save_file(flat, str(tmp_path / "old.safetensors"), metadata=meta)
-    loaded, _, got = engine.load_checkpoint(tmp_path / "old.safetensors", state)
-    key = "encoder.conv1.weight"
-    assert got["sha256"] is None and torch.equal(loaded.params[key], state.params[key])
+    with pytest.raises(engine.CorruptCheckpoint, match="no checksum"):
+        engine.load_checkpoint(tmp_path / "old.safetensors", state)
 
 
 def _train(data_root, run_dir, max_steps, resume=False):

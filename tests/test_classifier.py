@@ -1,16 +1,20 @@
 """The committed feature classifiers: they load strictly, reach their accuracy, and train with the engine."""
 
+import os
+
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import engine
+import harness
 from engine.checkpoint import CheckpointError
-from engine.data import to_unit
-from engine.quality import classifier_outputs, classifier_path, compare_features, load_classifier
+from evaluation.features import classifier_outputs, load_classifier
+from evaluation.quality import compare_features
+from harness.data import to_unit
 from losses.classify import SHIFT_NOISE, make_classifier_loss, random_shift
-from models.classifier import FEATURES, build_classifier
+from models.classifier import FEATURES, build_classifier, weights_path
 
 TARGETS = {"mnist": 0.993, "fashion-mnist": 0.91}  # test accuracy the shipped weights must reach
 
@@ -22,14 +26,14 @@ def _metadata(path):
 
 @pytest.mark.parametrize("dataset", TARGETS)
 def test_committed_weights_load_and_reach_their_accuracy(dataset, data_root):
-    path = classifier_path(dataset)
+    path = weights_path(dataset)
     assert path.stat().st_size < 2_000_000
     meta = _metadata(path)
     assert meta["command"].startswith("python -m experiments.classifier") and meta["torch"]
     build_classifier(int(meta["width"])).load_state_dict(load_file(str(path)), strict=True)
     model = load_classifier(dataset)
     assert not model.training
-    test = engine.load_dataset(dataset, "test", root=data_root)
+    test = harness.load_dataset(dataset, "test", root=data_root)
     feats, logits = classifier_outputs(model, to_unit(test.images))
     assert feats.shape == (10_000, FEATURES) and logits.shape == (10_000, 10)
     accuracy = (logits.argmax(1) == test.labels).double().mean().item()
@@ -40,7 +44,7 @@ def test_committed_weights_load_and_reach_their_accuracy(dataset, data_root):
 
 def test_real_images_score_well_and_noise_badly(data_root):
     model = load_classifier("mnist")
-    images = to_unit(engine.load_dataset("mnist", "test", root=data_root).images)  # (10000, 1, 28, 28)
+    images = to_unit(harness.load_dataset("mnist", "test", root=data_root).images)  # (10000, 1, 28, 28)
     # A random split: MNIST's first and last 5000 test images come from different writers (FID 144).
     order = torch.randperm(10_000, generator=torch.Generator().manual_seed(0))
     real, held_out = images[order[:2000]], images[order[2000:4000]]
@@ -55,9 +59,9 @@ def test_real_images_score_well_and_noise_badly(data_root):
 
 
 def test_missing_weights_are_a_one_line_checkpoint_error(monkeypatch, tmp_path):
-    import engine.quality as quality
+    import models.classifier
 
-    monkeypatch.setattr(quality, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(models.classifier, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="make train-classifier") as err:
         load_classifier("mnist")
     assert "\n" not in str(err.value)
@@ -65,7 +69,7 @@ def test_missing_weights_are_a_one_line_checkpoint_error(monkeypatch, tmp_path):
 
 def test_classifier_step_lowers_the_loss_on_a_real_batch(data_root):
     torch.manual_seed(0)
-    train = engine.load_dataset("mnist", "train", root=data_root)
+    train = harness.load_dataset("mnist", "train", root=data_root)
     batch = {"x": to_unit(train.images[:256]), "y": train.labels[:256]}
     model = build_classifier()
     loss_fn = make_classifier_loss(model)
@@ -105,9 +109,10 @@ def test_shift_only_applies_to_batches_that_carry_draws():
 
 def test_experiment_trains_and_exports_plain_weights(data_root, tmp_path, monkeypatch):
     import experiments.classifier as script
+    import models.classifier
 
     monkeypatch.setenv("DATA_DIR", str(data_root))
-    monkeypatch.setattr(script, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(models.classifier, "WEIGHTS_DIR", tmp_path / "weights")
     args = [
         "--max-steps",
         "30",
@@ -128,3 +133,32 @@ def test_experiment_trains_and_exports_plain_weights(data_root, tmp_path, monkey
     with pytest.raises(SystemExit) as exit_:
         script.main([*args[:-1], str(tmp_path / "run2"), "--max-steps", "1", "--target-accuracy", "0.99"])
     assert exit_.value.code == 1
+
+
+def test_weights_ship_in_the_wheel_and_load_from_it_in_any_working_directory(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import ROOT
+
+    # Build the wheel `pip install .` would install (nothing is installed), then import from it alone.
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "."]
+    subprocess.run([*build, str(ROOT)], cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("purestep-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"models/weights/classifier-{d}.safetensors" for d in TARGETS} <= set(names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import models, evaluation.features as f; m = f.load_classifier('mnist'); "
+        "print(models.__file__); print(f.weights_path('mnist'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    package, weights = out.stdout.split()
+    assert package.startswith(str(tmp_path / "site")) and weights.startswith(str(tmp_path / "site"))

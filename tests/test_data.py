@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torchvision.transforms.functional import to_tensor
 
-import engine
-from engine.data import DataError, epoch_permutation, to_unit
-from engine.loader import Loader, eval_batches
+import harness
+from harness.data import DataError, epoch_permutation, to_unit
+from harness.loader import Loader, eval_batches
 
 
 @pytest.mark.parametrize(
@@ -17,7 +17,7 @@ from engine.loader import Loader, eval_batches
 )
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_matches_torchvision(data_root, name, cls, split):
-    ours = engine.load_dataset(name, split, root=data_root)
+    ours = harness.load_dataset(name, split, root=data_root)
     ref = cls(str(data_root), train=split == "train", download=False)
     assert ours.images.dtype == torch.uint8 and ours.images.shape == ref.data.shape
     assert torch.equal(ours.images, ref.data)
@@ -36,7 +36,7 @@ def _copy_raw(data_root, tmp_path):
 
 def test_missing_files_name_data_dir_and_files(tmp_path):
     with pytest.raises(DataError) as e:
-        engine.load_mnist(tmp_path, "train")
+        harness.load_mnist(tmp_path, "train")
     msg = str(e.value)
     assert "DATA_DIR" in msg and str(tmp_path) in msg and "train-images-idx3-ubyte" in msg
     assert "\n" not in msg
@@ -48,20 +48,20 @@ def test_corrupt_files_are_reported(data_root, tmp_path):
     data = images.read_bytes()
     images.write_bytes(data[:-100])
     with pytest.raises(DataError, match="truncated"):
-        engine.load_mnist(tmp_path, "test")
+        harness.load_mnist(tmp_path, "test")
     images.write_bytes(b"\x00\x00\x08\x01" + data[4:])  # a label file's magic
     with pytest.raises(DataError, match="magic"):
-        engine.load_mnist(tmp_path, "test")
+        harness.load_mnist(tmp_path, "test")
     images.write_bytes(data)
     labels = raw / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:8] + bytes(5000))  # header says 10,000 labels
     with pytest.raises(DataError, match="truncated"):
-        engine.load_mnist(tmp_path, "test")
+        harness.load_mnist(tmp_path, "test")
 
 
 def test_epochs_are_seeded_permutations_with_fixed_shape_batches():
     images = torch.arange(1000, dtype=torch.uint8).reshape(1000, 1, 1).repeat(1, 2, 2)
-    data = engine.Dataset(images, torch.arange(1000))
+    data = harness.Dataset(images, torch.arange(1000))
     loader = Loader(data, batch_size=64, seed=3, noise={"eps": (5,)})
     batches = list(loader)
     assert len(batches) == 1000 // 64 == loader.steps_per_epoch  # last partial batch dropped
@@ -77,7 +77,7 @@ def test_epochs_are_seeded_permutations_with_fixed_shape_batches():
 
 
 def test_loader_cursor_resumes_mid_epoch():
-    data = engine.Dataset(torch.randint(0, 256, (500, 4, 4), dtype=torch.uint8), torch.arange(500))
+    data = harness.Dataset(torch.randint(0, 256, (500, 4, 4), dtype=torch.uint8), torch.arange(500))
     straight = Loader(data, 32, seed=1, noise={"z": (3,)}, dynamic_binarize=True)
     want = [b for _ in range(2) for b in straight]
     first = Loader(data, 32, seed=1, noise={"z": (3,)}, dynamic_binarize=True)
@@ -94,7 +94,7 @@ def test_loader_cursor_resumes_mid_epoch():
 
 
 def test_dynamic_binarization_draws_fresh_pixels_and_fixed_test_set():
-    data = engine.Dataset(torch.full((256, 8, 8), 128, dtype=torch.uint8), torch.zeros(256))
+    data = harness.Dataset(torch.full((256, 8, 8), 128, dtype=torch.uint8), torch.zeros(256))
     loader = Loader(data, 256, seed=0, dynamic_binarize=True)
     a, b = next(iter(loader))["x"], next(iter(loader))["x"]
     assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.data import load_mnist
-from engine.distributed import World
-from engine.loader import Loader
+from harness.data import load_mnist
+from harness.loader import Loader
+from harness.world import World
 from models import build_vae
 from tests.conftest import run_cli
 

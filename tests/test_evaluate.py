@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from engine.metrics import iwae_bound
+from evaluation.likelihood import iwae_bound
 from losses import elbo, log_importance_weights
 from models import build_vae
 from tests.conftest import run_cli

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from torchvision.io import write_png
 
-from engine.data import load_dataset
-from engine.fidelity import RealReference, sample_images
+from evaluation.fidelity import RealReference, sample_images
+from harness.data import load_dataset
 from losses.gan import make_gan_loss
 from models.gan import build_gan
 from tests.conftest import run_cli

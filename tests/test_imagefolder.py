@@ -7,10 +7,10 @@ from PIL import Image
 from torchvision.io import decode_image, write_jpeg, write_png
 from torchvision.transforms import v2
 
-import engine.imagefolder
-from engine.data import DataError, to_unit
-from engine.imagefolder import load_image_folder
-from engine.loader import Loader
+import harness.imagefolder
+from harness.data import DataError, to_unit
+from harness.imagefolder import load_image_folder
+from harness.loader import Loader
 
 # torchvision 0.29 deprecates its codecs (used here to write the fixtures); not what these tests check
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -99,7 +99,7 @@ def test_loader_yields_unit_float_rgb_batches(folder):
 
 
 def test_progress_bar_for_many_files(folder, monkeypatch, capsys):
-    monkeypatch.setattr(engine.imagefolder, "PROGRESS_OVER", 5)
+    monkeypatch.setattr(harness.imagefolder, "PROGRESS_OVER", 5)
     _load(folder)
     assert "decoding" in capsys.readouterr().err
 

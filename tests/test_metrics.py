@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from engine.metrics import (
+from evaluation.latents import (
     active_units,
-    iwae_bound,
     knn_accuracy,
     linear_probe_accuracy,
     pca_fit,
@@ -15,6 +14,7 @@ from engine.metrics import (
     pca_reconstruction_mse,
     silhouette_score,
 )
+from evaluation.likelihood import iwae_bound
 
 
 def test_iwae_bound_is_a_log_mean_exp():

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, read_image
 
-from engine.plots import _smooth, plot_step_curves, save_gif, save_grids_side_by_side, save_image_grid
+from evaluation.plots import _smooth, plot_step_curves, save_gif, save_grids_side_by_side, save_image_grid
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
 

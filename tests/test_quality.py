@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine.quality import (
+from evaluation.quality import (
     frechet_distance,
     frechet_from_stats,
     gaussian_stats,
@@ -99,7 +99,7 @@ def test_precision_recall_tell_a_collapsed_generator_from_a_scattered_one():
 
 
 def test_precision_recall_chunks_large_sets(monkeypatch):
-    import engine.quality as quality
+    import evaluation.quality as quality
 
     real, fake = _feats(1500, 8, seed=5), _feats(1200, 8, seed=6) + 0.3
     whole = precision_recall(real, fake)
@@ -109,7 +109,7 @@ def test_precision_recall_chunks_large_sets(monkeypatch):
 
 
 def test_nearest_neighbours_find_planted_copies(monkeypatch):
-    import engine.quality as quality
+    import evaluation.quality as quality
 
     reference = torch.randn(5000, 16, generator=torch.Generator().manual_seed(7))
     planted = torch.randperm(5000, generator=torch.Generator().manual_seed(8))[:300]

@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 from torchvision.io import write_png
 
 import engine
+import harness
 from engine.checkpoint import CorruptCheckpoint
-from engine.checkpoints import list_checkpoints, step_path
-from engine.loop import NonFiniteError, read_metrics
-from engine.step import evaluate_mean
+from harness.fit import LoopOptions, NonFiniteError
+from harness.loader import evaluate_mean
+from harness.rundir import list_checkpoints, read_metrics, step_path
 from losses import gan as G
 from losses import make_elbo_loss
 from models import build_gan, build_vae
@@ -230,7 +231,7 @@ def _tiny(precision="fp32", poison_at=None, grad_nan=False):
     """(step, state, loader, evaluate) of the mlp VAE on 640 random images: 10 steps per epoch."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (640, 28, 28), dtype=torch.uint8)
-    data = engine.Dataset(images, torch.zeros(640, dtype=torch.int64))
+    data = harness.Dataset(images, torch.zeros(640, dtype=torch.int64))
     model, opt = build_vae("mlp", 2), engine.adam(1e-3)
     elbo = make_elbo_loss(model)
 
@@ -243,7 +244,7 @@ def _tiny(precision="fp32", poison_at=None, grad_nan=False):
         return loss, aux
 
     step = engine.make_train_step(loss_fn, opt, precision=precision, compile=False)
-    loader = engine.Loader(data, 64, seed=0, noise={"eps": (2,)})
+    loader = harness.Loader(data, 64, seed=0, noise={"eps": (2,)})
     eval_step = engine.make_eval_step(elbo)
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     batch = {"x": x, "eps": torch.zeros(64, 2)}
@@ -252,8 +253,8 @@ def _tiny(precision="fp32", poison_at=None, grad_nan=False):
 
 def _fit(run_dir, tiny, history=None, **kw):
     step, state, loader, evaluate = tiny
-    kw = {"epochs": 2, "checkpoint_every": 3, "log_every": 4, "progress": False, "evaluate": evaluate, **kw}
-    return engine.fit(step, state, loader, run_dir=run_dir, history=history, **kw)
+    options = LoopOptions(**{"epochs": 2, "checkpoint_every": 3, "log_every": 4, "progress": False, **kw})
+    return harness.fit(step, state, loader, run_dir, options, evaluate=evaluate, history=history)
 
 
 def _without_times(records):
@@ -269,7 +270,7 @@ def test_resume_mid_epoch_after_torn_logs_rewrites_them_exactly(tmp_path):
     with open(b / "steps.jsonl", "a") as f:
         f.write('{"step": 16, "loss": 1.0}\n{"step": 2')
     step, state, loader, evaluate = _tiny()
-    state, history = engine.resume_state(b, state, loader)
+    state, history = harness.resume_state(b, state, loader)
     assert len(history) == 4 and (loader.epoch, loader.batch) == (1, 4)
     _fit(b, (step, state, loader, evaluate), history=history)
     assert _without_times(read_metrics(b)) == _without_times(read_metrics(a))
@@ -282,7 +283,7 @@ def test_a_pickle_posing_as_the_newest_checkpoint_is_never_unpickled(tmp_path):
     marker, fake = tmp_path / "code-ran", step_path(tmp_path, 99)
     fake.write_bytes(pickle.dumps(_Payload(marker)))
     step, state, loader, _ = _tiny()
-    engine.resume_state(tmp_path, state, loader)
+    harness.resume_state(tmp_path, state, loader)
     assert not marker.exists() and (loader.epoch, loader.batch) == (0, 6)
     assert fake.with_name(fake.name + ".corrupt").exists()
 

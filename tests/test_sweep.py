@@ -17,10 +17,10 @@ def test_stack_and_unstack_are_inverse():
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_vmapped_sweep_equals_separate_runs(data_root, arch):
-    import engine
+    import harness
 
-    data = engine.load_mnist(data_root, "train")
-    data = engine.Dataset(data.images[:2048], data.labels[:2048])
+    data = harness.load_mnist(data_root, "train")
+    data = harness.Dataset(data.images[:2048], data.labels[:2048])
     argv = [
         "--beta",
         "0.5,1,4",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.data import Dataset, to_unit
-from engine.distributed import World, gather_rows
-from engine.quality import classifier_outputs, compare_features, load_classifier
+from evaluation.features import classifier_outputs, load_classifier
+from evaluation.quality import compare_features
+from harness.data import Dataset, to_unit
+from harness.world import World, gather_rows
 
 SAMPLE_BATCH = 500  # generator batch when sampling for scores (BatchNorm runs on batch statistics)
 

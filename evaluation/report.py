@@ -6,8 +6,14 @@ from pathlib import Path
 
 import torch
 
-from engine import metrics
-from engine.plots import plot_bars, plot_latents, save_grids_side_by_side, save_image_grid, save_image_rows
+from evaluation import latents as metrics
+from evaluation.plots import (
+    plot_bars,
+    plot_latents,
+    save_grids_side_by_side,
+    save_image_grid,
+    save_image_rows,
+)
 
 ROWS = [  # (metric key, label, format)
     ("mse", "reconstruction MSE per pixel", "{:.4f}"),

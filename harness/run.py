@@ -14,31 +14,23 @@ from pathlib import Path
 
 import torch
 
-from engine.amp import scaler_init
-from engine.checkpoint import CheckpointError, atomic_write, save_weights
-from engine.checkpoints import has_checkpoint
-from engine.config import UsageError, merge_resumed, parse_config
-from engine.data import DataError, Dataset, load_dataset
-from engine.distributed import (
-    World,
-    barrier,
-    broadcast_state,
-    check_same_on_all_ranks,
-    init_world,
-    mean_over_ranks,
-)
-from engine.loader import Loader, eval_batches
-from engine.loop import NonFiniteError, fit, resume_state
-from engine.state import init_state
-from engine.step import evaluate_mean, make_eval_step
+from engine import CheckpointError, init_state, make_eval_step, mean_over_ranks, save_weights, scaler_init
+from engine.checkpoint import atomic_write
+from harness.config import DEVICES, UsageError, merge_resumed, parse_config
+from harness.data import DataError, Dataset, load_dataset
+from harness.fit import LoopOptions, NonFiniteError, fit
+from harness.loader import Loader, eval_batches, evaluate_mean
+from harness.rundir import has_checkpoint, resume_state
+from harness.world import World, barrier, broadcast_state, check_same_on_all_ranks, init_world
 
 EVAL_BATCH = 1000
 TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same for every run
 
 
 def main_guard(main):
-    """Turn user-facing failures into one line on stderr: exit 2 for bad input (1 for a missed
-    target), 3 for a non-finite loss or gradient, 130 for a second Ctrl-C; warnings are one line too."""
+    """Every entry point's one error path: user-facing failures become one line on stderr; exit 2
+    for bad input (1 for a missed target), 3 for a non-finite loss or gradient, 130 for a second
+    Ctrl-C; warnings are one line too."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
@@ -80,6 +72,8 @@ def _saved_config(run_dir: Path) -> dict:
 
 def resolve_device(name: str, world: World = World()) -> torch.device:
     """cpu or cuda (auto: cuda when present); under torchrun, the rank's own GPU (LOCAL_RANK)."""
+    if name not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
     if name == "auto":
@@ -90,7 +84,7 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
 def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
     """(train, test) of cfg.dataset on device; an image folder has no held-out split, so both are it."""
     if cfg.dataset == "imagefolder":
-        from engine.imagefolder import load_image_folder
+        from harness.imagefolder import load_image_folder  # torchvision's image codecs: only when used
 
         if not cfg.image_folder:
             raise UsageError("--dataset imagefolder needs --image-folder PATH")
@@ -113,11 +107,12 @@ class Run:
     world: World = World()
 
     @classmethod
-    def start(cls, config_cls, argv, experiment: str, tag=lambda c: f"{c.arch}-z{c.latent_dim}") -> Run:
+    def start(cls, config_cls, argv, experiment: str, description: str | None = None) -> Run:
         """Parse flags, pick/restore the run directory and config, seed, and load the data.
 
-        The default run directory is runs/<experiment>-<dataset>-<tag(config)>."""
-        cfg, given = parse_config(config_cls, argv, prog=f"python -m experiments.{experiment}")
+        The default run directory is runs/<experiment>-<dataset>-<config.tag()>."""
+        prog = f"python -m experiments.{experiment}"
+        cfg, given = parse_config(config_cls, argv, prog=prog, description=description)
         if cfg.resume:
             saved = _saved_config(Path(cfg.run_dir))
             if saved.pop("experiment", experiment) != experiment:
@@ -125,7 +120,7 @@ class Run:
             cfg = merge_resumed(config_cls, saved, {k: getattr(cfg, k) for k in given})
         else:
             if not cfg.run_dir:
-                name = f"{experiment}-{cfg.dataset}-{tag(cfg)}"
+                name = f"{experiment}-{cfg.dataset}-{cfg.tag()}"
                 cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
             if has_checkpoint(cfg.run_dir):
                 raise UsageError(
@@ -183,38 +178,32 @@ class Run:
 
         return evaluate
 
-    def fit(self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50):
-        """engine.fit with this run's settings, continuing from the newest checkpoint when resuming."""
+    def fit(self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50, summary=None):
+        """harness.fit with this run's flags, continuing from the newest checkpoint when resuming;
+        summary: the record keys printed after each epoch (LoopOptions' default if None)."""
         cfg, history = self.config, []
         config = dataclasses.asdict(cfg)
         if cfg.resume:  # rank 0 first: it sets damaged checkpoints aside before the others look
             for turn in (True, False):
                 if self.world.main == turn:
                     with contextlib.redirect_stdout(sys.stdout if turn else io.StringIO()):  # say it once
-                        state, history = resume_state(self.run_dir, state, loader, config)
+                        state, history = resume_state(self.run_dir, state, loader, config, cfg.RESUMABLE)
                 barrier()
             self.save_config()  # only now: a resume refused above leaves the directory as it was
         if self.world.parallel:  # identical start on every rank: rank 0's state, at the same step
             check_same_on_all_ranks(loader.steps_taken, "the step to resume from", self.device)
             state = broadcast_state(state)
-        return fit(
-            step,
-            state,
-            loader,
-            epochs=cfg.epochs,
-            run_dir=self.run_dir,
-            evaluate=evaluate,
-            config=config,
-            max_steps=cfg.max_steps,
-            on_epoch_end=on_epoch_end,
+        names = [f.name for f in dataclasses.fields(LoopOptions) if hasattr(cfg, f.name)]
+        options = dataclasses.replace(
+            LoopOptions(**{name: getattr(cfg, name) for name in names}),
             log_every=log_every,
-            progress=cfg.progress,
-            history=history,
-            checkpoint_every=cfg.checkpoint_every,
-            keep=cfg.keep,
             skip_nonfinite=cfg.skip_nonfinite or cfg.precision == "fp16",  # fp16: the loss scaler's job
-            world=self.world,
+            summary=summary or LoopOptions.summary,
         )
+        return fit(
+            step, state, loader, self.run_dir, options, evaluate=evaluate, on_epoch_end=on_epoch_end,
+            history=history, config=config, world=self.world,
+        )  # fmt: skip
 
     def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:
         """Save plain weights ({file stem: (params, buffers)}; default model.safetensors), print the

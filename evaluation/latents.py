@@ -1,27 +1,16 @@
-"""Evaluation metrics on tensors: likelihood bounds, latent-space structure, and a PCA baseline."""
+"""Latent-space metrics on codes: active units, k-NN and linear-probe accuracy, silhouette, a PCA baseline."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
-from engine.optim import adam
-
-
-def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
-    """log (1/k) sum_i w_i per row of (N, k) log importance weights: the IWAE lower bound on log p(x)."""
-    return torch.logsumexp(log_weights, dim=1) - math.log(log_weights.shape[1])
+from engine import adam
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Burda et al. (2015): latent dims whose posterior mean varies over the data, Var_x E[z|x] > 0.01."""
     return int((mu.float().var(dim=0) > threshold).sum())
-
-
-def _pairwise_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(a.float(), b.float()).square()  # (A, B)
 
 
 def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 5, chunk: int = 1000) -> float:
@@ -52,7 +41,7 @@ def linear_probe_accuracy(train_z, train_y, test_z, test_y, steps: int = 500, lr
         return F.cross_entropy(xtr @ p["w"] + p["b"], train_y)
 
     for _ in range(steps):
-        params, state = opt.update(torch.func.grad(loss)(params), state, params, inplace=True)
+        params, state = opt.update(torch.func.grad(loss)(params), state, params)
     pred = (xte @ params["w"] + params["b"]).argmax(1)
     return float((pred == test_y).float().mean())
 

@@ -1,4 +1,4 @@
-"""Batches from device-resident data: fixed-shape training batches with a resumable cursor."""
+"""Batches from device-resident data: training batches with a resumable cursor; test batches, their means."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
-from engine.data import Dataset, binarize, epoch_permutation, to_unit
+from harness.data import Dataset, binarize, epoch_permutation, to_unit
+from harness.world import sum_over_ranks
 
 
 def _make_batch(images, labels, gen, noise: dict, dynamic_binarize: bool) -> dict:
@@ -115,3 +116,26 @@ def eval_batches(data: Dataset, batch_size: int, seed: int, noise=None, dynamic_
         for name, shape in (noise or {}).items():
             batch[name] = torch.randn((len(batch["x"]), *shape), generator=gen, device=images.device)
         yield batch
+
+
+def evaluate_mean(eval_step, state, batches, world=None) -> dict[str, float]:
+    """Per-example means of eval_step's metrics over batches (weighted by batch size); one host sync.
+
+    Data parallel (world.size > 1): rank r evaluates batches r, r + size, ... and the totals are
+    summed over the ranks, so every rank returns the means over all batches."""
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    totals, n, first = None, 0, None
+    for i, batch in enumerate(batches):
+        first = batch if first is None else first
+        if i % size != rank:
+            continue
+        metrics = eval_step(state, batch)
+        values = torch.stack([v.float() for v in metrics.values()]) * len(batch["x"])
+        totals, n = (values if totals is None else totals + values), n + len(batch["x"])
+    if totals is None:  # more ranks than batches: this one adds nothing, but in the same shape
+        metrics = eval_step(state, first)
+        totals = torch.zeros(len(metrics), device=state.step.device)
+    if size > 1:
+        summed = sum_over_ranks(torch.cat([totals, totals.new_tensor([n])]))
+        totals, n = summed[:-1], summed[-1]
+    return dict(zip(metrics, (totals / n).tolist()))

@@ -10,7 +10,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
-from engine.data import DataError, Dataset
+from harness.data import DataError, Dataset
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-insensitively
 PROGRESS_OVER = 500  # show a progress bar when decoding more files than this

@@ -1,5 +1,5 @@
-"""Data parallelism on torch.distributed: one process per device under torchrun, identical state on
-every rank, each rank a disjoint shard of the global batch, one all-reduce per update in the step."""
+"""Data parallelism outside the step: this process's rank under torchrun, the process group, and the
+eager collectives of the loop (state broadcast, evaluation sums, stop flags, row gathers)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 
 from engine.checkpoint import CheckpointError
-from engine.state import Tensors, flatten_state
+from engine.state import flatten_state
 
 
 class World(NamedTuple):
@@ -45,24 +44,6 @@ def init_world(device_type: str) -> World:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         atexit.register(dist.destroy_process_group)
     return world
-
-
-def mean_over_ranks(tensors: Tensors) -> Tensors:
-    """The mean of every tensor over the ranks, one collective per floating dtype (usually one):
-    the tensors are flattened into a single buffer, summed with a functional all-reduce (traceable,
-    so it lives inside the compiled step) and divided by the world size. Integer tensors are
-    returned as they are."""
-    means = dict(tensors)
-    dtypes = dict.fromkeys(v.dtype for v in tensors.values() if v.is_floating_point())
-    for dtype in dtypes:
-        group = {k: v for k, v in tensors.items() if v.dtype == dtype}
-        flat = torch.cat([v.reshape(-1) for v in group.values()])  # (total elements,)
-        summed = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
-        start = 0
-        for k, v in group.items():
-            means[k] = summed[start : start + v.numel()].view(v.shape)
-            start += v.numel()
-    return means
 
 
 def broadcast_state(state, src: int = 0):

@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import CheckpointError, atomic_write
-from engine.checkpoints import (
-    LATEST,
+from engine.state import flatten_state
+from harness.loader import Loader
+from harness.rundir import (
+    METRICS,
+    STEPS,
+    append_record,
     list_checkpoints,
     remove_stale_temps,
     stack_history,
+    trim_logs,
     write_checkpoint,
 )
-from engine.checkpoints import resume_state as resume_state  # re-exported: engine.resume_state
-from engine.distributed import World, any_rank
-from engine.loader import Loader
-from engine.state import flatten_state
-
-CHECKPOINT = LATEST  # run_dir/checkpoint.safetensors always names the newest checkpoint
-METRICS = "metrics.jsonl"
-STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
+from harness.world import World, any_rank
 
 
 class Interrupted(SystemExit):
@@ -127,57 +124,66 @@ class _Saver:
         self.last_step = done
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """How fit runs, bound once per run (an experiment's config fills it from its flags)."""
+
+    epochs: int = 1  # passes over the loader
+    max_steps: int = 0  # stop after this many steps in total (0: every epoch)
+    log_every: int = 50  # steps between sync points: steps.jsonl means, non-finite check, signals
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
+    keep: int = 2  # checkpoints kept, newest first
+    skip_nonfinite: bool = False  # skip and count inf/nan updates instead of stopping
+    progress: bool = True  # a progress bar on rank 0
+    summary: tuple[str, ...] = ("train_loss", "test_loss")  # record keys printed after each epoch
+
+
 def fit(
     step: Callable,
     state,
     loader: Loader,
-    *,
-    epochs: int,
     run_dir,
+    options: LoopOptions = LoopOptions(),
+    *,
     evaluate: Callable | None = None,
-    config: dict | None = None,
-    max_steps: int = 0,
-    log_every: int = 50,
     on_epoch_end: Callable | None = None,
-    progress: bool = True,
     history: list[dict] | None = None,
-    checkpoint_every: int = 0,
-    keep: int = 2,
-    skip_nonfinite: bool = False,
+    config: dict | None = None,
     world: World = World(),
 ):
-    """Train until `epochs` epochs (or `max_steps` steps) are done, continuing from loader's cursor
-    (and the epoch's metric `history`, as resume_state returns it).
+    """Train until `options.epochs` epochs (or `max_steps` steps) are done, continuing from loader's
+    cursor (and the epoch's metric `history`, as resume_state returns it).
 
     Every epoch: evaluate(state) -> {name: float}, one JSON line in metrics.jsonl, on_epoch_end(state,
-    record), then a checkpoint; one every `checkpoint_every` steps too, the newest `keep` kept. A
-    skipped non-finite update stops the run (NonFiniteError) unless skip_nonfinite. SIGINT/SIGTERM
-    finish the current step, checkpoint, and exit 130/143.
+    record), then a checkpoint (its metadata holds `config`); one every `checkpoint_every` steps too,
+    the newest `keep` kept. A skipped non-finite update stops the run (NonFiniteError) unless
+    skip_nonfinite. SIGINT/SIGTERM finish the current step, checkpoint, and exit 130/143.
 
     Data parallel (world.size > 1): every rank runs this loop in step with the others (the step and
     evaluate hold the collectives); rank 0 alone writes logs and checkpoints and calls on_epoch_end;
     a signal is agreed on at the log_every sync points, so all ranks stop after the same step.
     """
+    opt = options
     run_dir, main = Path(run_dir), world.main
     spe = loader.steps_per_epoch
     done = loader.steps_taken  # host-side step count: no sync to read state.step
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)
-        _trim_logs(run_dir, done)  # records a killed process wrote after its last checkpoint
+        trim_logs(run_dir, done)  # records a killed process wrote after its last checkpoint
     history = list(history or [])
-    saver, watch = _Saver(run_dir, loader, config, keep, main), _Watch(skip_nonfinite, len(history))
-    log = _append if main else lambda path, record: None
+    saver, watch = _Saver(run_dir, loader, config, opt.keep, main), _Watch(opt.skip_nonfinite, len(history))
+    log = append_record if main else lambda path, record: None
     stopped = False
 
     with _StopFlag() as stop:
-        while loader.epoch < epochs and not (max_steps and done >= max_steps):
+        while loader.epoch < opt.epochs and not (opt.max_steps and done >= opt.max_steps):
             epoch, ran, t0 = loader.epoch, 0, time.perf_counter()
             bar = tqdm(
                 total=spe,
                 initial=loader.batch,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not (progress and main),
+                desc=f"epoch {epoch + 1}/{opt.epochs}",
+                disable=not (opt.progress and main),
                 dynamic_ncols=True,
                 leave=False,
             )
@@ -186,18 +192,18 @@ def fit(
                 history.append(metrics)
                 done, ran = done + 1, ran + 1
                 bar.update(1)
-                if done % log_every == 0:  # sync point: non-finite check, running means
+                if done % opt.log_every == 0:  # sync point: non-finite check, running means
                     watch.check(history, done, saver.last)
-                    recent = _mean_metrics(history[-log_every:], "")
+                    recent = _mean_metrics(history[-opt.log_every :], "")
                     log(run_dir / STEPS, {"step": done, **recent})
                     rate = ran * loader.batch_size / (time.perf_counter() - t0)
                     shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                     bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
-                if checkpoint_every and done % checkpoint_every == 0 and loader.epoch == epoch:
+                if opt.checkpoint_every and done % opt.checkpoint_every == 0 and loader.epoch == epoch:
                     watch.check(history, done, saver.last)
                     saver.save(state, done, history)
-                stopped = _stopping(stop, world, done, log_every, loader.device)
-                if stopped or (max_steps and done >= max_steps):
+                stopped = _stopping(stop, world, done, opt.log_every, loader.device)
+                if stopped or (opt.max_steps and done >= opt.max_steps):
                     break
             bar.close()
             watch.check(history, done, saver.last)
@@ -211,7 +217,7 @@ def fit(
                 history, watch.checked = [], 0
                 saver.save(state, done, history)
                 if main:
-                    tqdm.write(_summary(record))
+                    tqdm.write(_summary(record, opt.summary))
             else:  # stopped inside the epoch: the checkpoint keeps the cursor and the epoch's metrics
                 saver.save(state, done, history)
             if stopped:
@@ -247,46 +253,8 @@ def _epoch_record(epoch, done, history, elapsed, ran, loader, evaluate, state) -
     return record
 
 
-def _summary(record: dict) -> str:
-    """One line per epoch for the terminal."""
-    names = ("train_loss", "test_loss", "test_kl", "train_d_loss", "train_g_loss", "test_fid", "test_is")
+def _summary(record: dict, names: tuple[str, ...]) -> str:
+    """One line per epoch for the terminal: the `names` the record has, and the throughput."""
     keys = [k for k in names if k in record]
     parts = [f"{k} {record[k]:.4f}" for k in keys]
     return f"epoch {record['epoch']}: " + ", ".join(parts) + f", {record['samples_per_s']:,.0f} samples/s"
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _parse_lines(path: Path) -> list[dict]:
-    """The JSON lines of a log; a torn last line (a process killed mid-write) is dropped."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1:
-                raise CheckpointError(f"{path} line {i + 1} is not JSON (edited by hand?)") from None
-    return records
-
-
-def _trim_logs(run_dir: Path, done: int) -> None:
-    """Keep only the log records up to step `done`, so a resumed run rewrites what follows exactly."""
-    for name in (METRICS, STEPS):
-        path = run_dir / name
-        if not path.exists():
-            continue
-        text = path.read_text()
-        kept = [r for r in _parse_lines(path) if r.get("step", 0) <= done]
-        new = "".join(json.dumps(r) + "\n" for r in kept)
-        if new != text:
-            atomic_write(path, lambda tmp, text=new: tmp.write_text(text))
-
-
-def read_metrics(run_dir, name: str = METRICS) -> list[dict]:
-    """All epoch records of a run (or, with name=STEPS, its running per-step means)."""
-    path = Path(run_dir) / name
-    return _parse_lines(path) if path.exists() else []

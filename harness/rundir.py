@@ -1,7 +1,8 @@
-"""A run's checkpoints: step-numbered files in run_dir/checkpoints, the newest K kept and linked as latest."""
+"""A run directory: step-numbered checkpoints (newest K kept, linked as latest), resume, JSON-line logs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -9,13 +10,21 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CheckpointError, CorruptCheckpoint, fsync_dir, load_checkpoint, save_checkpoint
-from engine.config import RESUMABLE
-from engine.loader import Loader
+from engine.checkpoint import (
+    CheckpointError,
+    CorruptCheckpoint,
+    atomic_write,
+    fsync_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 from engine.state import flatten_state
+from harness.loader import Loader
 
 LATEST = "checkpoint.safetensors"  # run_dir/LATEST: a relative symlink to the newest checkpoint
 FOLDER = "checkpoints"
+METRICS = "metrics.jsonl"  # one record per epoch
+STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
 _STEP_FILE = re.compile(r"step-(\d+)\.safetensors")
 
 
@@ -24,20 +33,15 @@ def step_path(run_dir, step: int) -> Path:
 
 
 def list_checkpoints(run_dir) -> list[Path]:
-    """The run's checkpoint files, newest step first; a run from before rotation has its one file."""
-    run_dir = Path(run_dir)
-    folder = run_dir / FOLDER
+    """The run's checkpoint files, newest step first."""
+    folder = Path(run_dir) / FOLDER
     steps = [(int(m[1]), p) for p in folder.glob("step-*") if (m := _STEP_FILE.fullmatch(p.name))]
-    paths = [p for _, p in sorted(steps, reverse=True)]
-    latest = run_dir / LATEST
-    if latest.is_file() and not latest.is_symlink():
-        paths.append(latest)
-    return paths
+    return [p for _, p in sorted(steps, reverse=True)]
 
 
 def has_checkpoint(run_dir) -> bool:
     """Whether a run has written anything a new run would overwrite (a dangling link counts)."""
-    return bool(list_checkpoints(run_dir)) or (Path(run_dir) / LATEST).is_symlink()
+    return bool(list_checkpoints(run_dir)) or os.path.lexists(Path(run_dir) / LATEST)
 
 
 def remove_stale_temps(run_dir) -> None:
@@ -97,7 +101,7 @@ def set_aside(run_dir, paths, intact: Path) -> None:
     and link the newest intact one as latest."""
     for path in paths:
         path.rename(path.with_name(path.name + ".corrupt"))
-    if paths and intact.parent.name == FOLDER:
+    if paths:
         _link_latest(Path(run_dir), intact)
 
 
@@ -106,26 +110,27 @@ def stack_history(history: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([m[k] for m in history]) for k in history[-1]} if history else {}
 
 
-def _check_saved_config(meta_config: dict, config: dict | None, path: Path) -> None:
+def _check_saved_config(meta_config: dict, config: dict | None, path: Path, resumable) -> None:
     """A checkpoint from a run with other structural settings is refused before anything changes."""
     for key, value in (config or {}).items():
-        if key in meta_config and key not in RESUMABLE and meta_config[key] != value:
+        if key in meta_config and key not in resumable and meta_config[key] != value:
             raise CheckpointError(
                 f"{path} was written with {key}={meta_config[key]!r}, but this run has {key}={value!r} "
                 "(checkpoint copied from another run, or config.json edited?)"
             )
 
 
-def resume_state(run_dir, state, loader: Loader, config: dict | None = None):
+def resume_state(run_dir, state, loader: Loader, config: dict | None = None, resumable=()):
     """Load the newest intact checkpoint into (state, loader); returns (state, the epoch's metric
-    history so far). Damaged newer checkpoints are reported and renamed *.corrupt; a run killed
-    before its first checkpoint starts again from step 0."""
+    history so far). A checkpoint whose saved config differs from `config` in a field not named in
+    `resumable` is refused. Damaged newer checkpoints are reported and renamed *.corrupt; a run
+    killed before its first checkpoint starts again from step 0."""
     run_dir = Path(run_dir)
     if not has_checkpoint(run_dir):
         print(f"{run_dir} holds no checkpoint yet: starting from step 0")
         return state, []
     state, extra, meta, path, corrupt = load_newest(run_dir, state, device=_state_device(state))
-    _check_saved_config(meta["config"], config, path)
+    _check_saved_config(meta["config"], config, path, resumable)
     loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
     stacked = {k[len("history/") :]: v for k, v in extra.items() if k.startswith("history/")}
     steps = len(next(iter(stacked.values()))) if stacked else 0
@@ -140,3 +145,41 @@ def resume_state(run_dir, state, loader: Loader, config: dict | None = None):
 
 def _state_device(state) -> torch.device:
     return next(iter(flatten_state(state).values())).device
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line at the end of a log."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _parse_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log; a torn last line (a process killed mid-write) is dropped."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise CheckpointError(f"{path} line {i + 1} is not JSON (edited by hand?)") from None
+    return records
+
+
+def trim_logs(run_dir: Path, done: int) -> None:
+    """Keep only the log records up to step `done`, so a resumed run rewrites what follows exactly."""
+    for name in (METRICS, STEPS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        text = path.read_text()
+        kept = [r for r in _parse_lines(path) if r.get("step", 0) <= done]
+        new = "".join(json.dumps(r) + "\n" for r in kept)
+        if new != text:
+            atomic_write(path, lambda tmp, text=new: tmp.write_text(text))
+
+
+def read_metrics(run_dir, name: str = METRICS) -> list[dict]:
+    """All epoch records of a run (or, with name=STEPS, its running per-step means)."""
+    path = Path(run_dir) / name
+    return _parse_lines(path) if path.exists() else []

@@ -1,0 +1,94 @@
+"""Evaluation of a finished AE or VAE run: reconstruction, likelihood and latent-space metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from evaluation import latents as metrics
+from evaluation.likelihood import iwae_nll, nll_subset
+from harness.data import DataError, load_dataset
+from harness.loader import fixed_images
+from harness.run import TEST_SEED, resolve_device
+from losses import bernoulli_nll, elbo, gaussian_kl, squared_error
+from models import build_ae, build_vae
+
+CHUNK = 500  # images per forward pass
+
+
+def load_trained(run_dir: Path, device):
+    """(config dict, model with the run's final weights, in eval mode); DataError if it is not one."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = None
+    build = {"vae": build_vae, "ae": build_ae}.get(cfg.get("experiment")) if isinstance(cfg, dict) else None
+    if build is None or not (run_dir / "model.safetensors").exists() or "latent_dim" not in cfg:
+        raise DataError(f"{run_dir} is not a finished AE/VAE run (config.json and model.safetensors)")
+    model = build(cfg["arch"], cfg["latent_dim"]).to(device)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors"), device=str(device)), strict=True)
+    return cfg, model.eval()
+
+
+@torch.no_grad()
+def encode(model, x):
+    """Posterior means (VAE) or codes (AE), and log-variances (VAE) or None, for all of x."""
+    outs = [model.encode(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)]
+    if isinstance(outs[0], tuple):
+        return torch.cat([o[0] for o in outs]).float(), torch.cat([o[1] for o in outs]).float()
+    return torch.cat(outs).float(), None
+
+
+@torch.no_grad()
+def decode(model, z):
+    """Pixel logits (N, 1, 28, 28) of codes z, in chunks."""
+    return torch.cat([model.decode(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
+
+
+def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tuple[dict, dict]:
+    """(metrics, tensors for the figures) of a trained model on the run's data set."""
+    dyn = cfg.get("binarize") == "dynamic"
+    x_tr, x_te = fixed_images(train, TEST_SEED + 2, dyn), fixed_images(test, TEST_SEED, dyn)
+    mu_tr, _ = encode(model, x_tr)
+    mu_te, logvar_te = encode(model, x_te)
+    logits = decode(model, mu_te)  # reconstructions from the posterior mean / the code
+    z_dim = mu_te.shape[1]
+    out = {
+        "mse": float(squared_error(logits, x_te).mean()),
+        "bce": float(bernoulli_nll(logits, x_te).mean()),
+        "pca_mse": metrics.pca_reconstruction_mse(x_tr, x_te, z_dim),
+        "knn_acc": metrics.knn_accuracy(mu_tr, train.labels, mu_te, test.labels, k=5),
+        "linear_probe_acc": metrics.linear_probe_accuracy(mu_tr, train.labels, mu_te, test.labels),
+        "silhouette": metrics.silhouette_score(mu_te, test.labels),
+    }
+    if logvar_te is not None:  # VAE: the likelihood side
+        g = torch.Generator(device=x_te.device).manual_seed(TEST_SEED + 1)
+        eps = torch.randn(mu_te.shape, generator=g, device=x_te.device)
+        sampled = decode(model, mu_te + eps * torch.exp(0.5 * logvar_te))
+        _, m = elbo(sampled, x_te, mu_te, logvar_te)
+        kl_dims = gaussian_kl(mu_te, logvar_te).mean(0)  # (Z,)
+        subset = nll_subset(x_te, iwae_images)
+        out.update(
+            neg_elbo=float(m["neg_elbo"]),
+            kl=float(m["kl"]),
+            active_units=metrics.active_units(mu_te),
+            kl_per_dim=kl_dims.tolist(),
+            nll=iwae_nll(model, subset, z_dim, iwae_k, TEST_SEED + 3),
+            iwae_k=iwae_k,
+            iwae_images=len(subset),
+        )
+    return out, {"x": x_te, "labels": test.labels, "mu": mu_te}
+
+
+def evaluate_run(run_dir, iwae_k=1000, iwae_images=0, device="auto"):
+    """Load, evaluate, and write eval.json; returns (config, model, metrics, tensors)."""
+    run_dir, device = Path(run_dir), resolve_device(device)
+    cfg, model = load_trained(run_dir, device)
+    train = load_dataset(cfg["dataset"], "train", device=device)
+    test = load_dataset(cfg["dataset"], "test", device=device)
+    result, tensors = evaluate(cfg, model, train, test, iwae_k, iwae_images)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return cfg, model, result, tensors

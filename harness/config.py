@@ -1,0 +1,159 @@
+"""Configuration: frozen dataclasses whose fields (type, default, help, choices) generate every CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+from engine.amp import PRECISIONS
+from harness.data import DATASETS
+
+# Each choice list is declared once, here (or beside what it names) and used by every entry point.
+DATASET_NAMES = tuple(DATASETS)
+DEVICES = ("auto", "cpu", "cuda")
+BINARIZE = ("none", "dynamic")
+
+
+class UsageError(Exception):
+    """Bad user input (flag, value, file); reported as one line with exit code 2."""
+
+
+def option(default, help: str, choices=None, positional: bool = False):
+    """A config field: its default, the help text shown by --help, allowed values, and whether it is
+    a positional argument (required) rather than a --flag. A tuple[T, ...] field takes a
+    comma-separated list, e.g. --beta 0.5,1,4."""
+    meta = {"help": help, "choices": choices, "positional": positional}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every entry point's config: checks each field's choices (list fields: every item)."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if allowed and any(v not in allowed for v in values):
+                raise UsageError(f"{flag(f.name)} must be one of {', '.join(map(str, allowed))}")
+
+    def require(self, ok: bool, message: str) -> None:
+        """Raise a one-line UsageError unless ok."""
+        if not ok:
+            raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class RunConfig(Config):
+    """Flags shared by every training run; experiments subclass it with their model's flags."""
+
+    # Flags a resumed run may change; every other flag must match the saved config.
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "epochs", "max_steps", "checkpoint_every", "keep", "skip_nonfinite", "progress", "resume",
+        "run_dir", "compile", "donate", "target_loss", "device", "download",
+    )  # fmt: skip
+
+    dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
+    lr: float = option(1e-3, "Adam learning rate")
+    binarize: str = option(
+        "none",
+        "dynamic: a fresh Bernoulli draw of every pixel each time an image is "
+        "used (the test set binarised once, fixed seed)",
+        BINARIZE,
+    )
+    precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
+    compile: bool = option(True, "wrap the whole train step in torch.compile")
+    donate: bool = option(True, "let the step overwrite the previous state's storage")
+    device: str = option("auto", "where tensors live", choices=DEVICES)
+    seed: int = option(0, "seed of the weights, the data order and the noise")
+    run_dir: str = option("", "output folder; empty: runs/<experiment>-<dataset>-<model tag>")
+    resume: bool = option(False, "continue the run in --run-dir (or --resume DIR) from its checkpoint")
+    max_steps: int = option(0, "stop after this many steps in total (0: run every epoch)")
+    checkpoint_every: int = option(0, "also checkpoint every N steps (0: at the end of each epoch only)")
+    keep: int = option(2, "checkpoints kept in run_dir/checkpoints, newest first (at least 1)")
+    skip_nonfinite: bool = option(False, "skip and count updates with an inf/nan loss or gradient; off: stop")
+    download: bool = option(False, "try torchvision's downloader when data files are missing")
+    target_loss: float = option(0.0, "exit 1 if the final test loss is above this (0: no target)")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            self.require(value >= 1, f"{flag(name)} must be at least 1, got {value}")
+        self.require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        for name in ("max_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            self.require(value >= 0, f"{flag(name)} must be >= 0, got {value}")
+        self.require(self.keep >= 1, f"--keep must be at least 1, got {self.keep}")
+        super().__post_init__()
+
+    def tag(self) -> str:
+        """The model part of the default run directory's name."""
+        return "run"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, instead of usage + message
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _list_of(item_type):
+    """argparse type for a comma-separated list of item_type."""
+
+    def parse(text: str) -> tuple:
+        return tuple(item_type(v) for v in text.split(","))
+
+    parse.__name__ = f"comma-separated {item_type.__name__}"
+    return parse
+
+
+def build_parser(cls, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one argument per dataclass field; unset flags stay absent."""
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, meta = hints[f.name], f.metadata
+        helptext = f"{meta.get('help', '')} (default: {f.default!r})"
+        if meta.get("positional"):
+            parser.add_argument(f.name, type=kind, help=meta.get("help", ""))
+        elif f.name == "resume":
+            parser.add_argument(flag(f.name), nargs="?", const=True, metavar="RUN_DIR", help=helptext)
+        elif kind is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=helptext)
+        elif typing.get_origin(kind) is tuple:  # checked item by item in Config.__post_init__
+            parser.add_argument(flag(f.name), type=_list_of(typing.get_args(kind)[0]), help=helptext)
+        else:
+            parser.add_argument(flag(f.name), type=kind, choices=meta.get("choices"), help=helptext)
+    return parser
+
+
+def parse_config(cls, argv=None, prog="purestep", description=None):
+    """(config, names of the arguments given explicitly); `--resume DIR` also sets run_dir."""
+    given = vars(build_parser(cls, prog, description).parse_args(argv))
+    if isinstance(given.get("resume"), str):
+        given["run_dir"], given["resume"] = given["resume"], True
+    return cls(**given), set(given)
+
+
+def merge_resumed(cls, saved: dict, given: dict):
+    """The saved run's config with the flags given now; changing a structural one is an error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(saved) - names
+    if unknown:
+        raise UsageError(f"the saved config has fields this experiment lacks: {', '.join(sorted(unknown))}")
+    for key, value in given.items():
+        if key not in cls.RESUMABLE and saved.get(key) != value:
+            was = saved.get(key)
+            raise UsageError(f"{flag(key)} {value} differs from the run's {was}; start a new --run-dir")
+    return cls(**{**saved, **given})
