@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
-NPROC ?= 2
+# one process per GPU where there are GPUs (torchrun refuses more ranks than GPUs), else 2 CPU processes
+NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0 ] 2>/dev/null && echo $$n || echo 2)
 # torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see docs/data-parallel.md
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
-.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare clean-runs
+.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,9 @@ lint: setup
 bench: setup  ## throughput suite; JSON and a markdown table land in bench/results/ (the run before: previous.json)
 	@if [ -f bench/results/latest.json ]; then mv bench/results/latest.json bench/results/previous.json; fi
 	$(PY) -m pytest bench -q -p no:cacheprovider --benchmark-json=bench/results/latest.json $(ARGS)
+
+smoke-gpu: setup  ## on a GPU machine first: compiled, CUDA-graph, fp16/bf16 steps, a resume, a GAN step, CUDA bench rows
+	$(PY) -m bench.smoke_gpu
 
 bench-compare: setup  ## compare the last two bench runs: cases >10% slower flagged, exit 1 if any
 	$(PY) -m bench.compare bench/results/previous.json bench/results/latest.json

@@ -107,7 +107,8 @@ def _parse_metadata(path, meta: dict[str, str]) -> dict:
 
 
 def load_checkpoint(path, template, extra_template=None, device="cpu"):
-    """Load (state, extra, metadata) shaped like `template`; verifies the checksum first.
+    """Load (state, extra, metadata) shaped like `template`, the state on `device` and the extra
+    tensors on the CPU; verifies the checksum first.
 
     A damaged file raises CorruptCheckpoint, a file of another model or shape CheckpointError."""
     raw = _raw_metadata(path)
@@ -126,8 +127,8 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
             raise CheckpointError(
                 f"{path} does not fit this model: {key} is {found}, expected {tuple(ref.shape)} {ref.dtype}"
             )
-    flat = {k: v.to(device) for k, v in flat.items()}
-    state = unflatten_state(flat, template)
+    state = unflatten_state({k: v.to(device) for k, v in flat.items() if k in expected}, template)
+    # extras stay on the CPU: a generator's state (Generator.set_state) is a CPU byte tensor on any device
     extra = {k[len("extra/") :]: v for k, v in flat.items() if k.startswith("extra/")}
     if extra_template is not None:
         extra = unflatten_state(extra, extra_template)

@@ -73,19 +73,21 @@ def make_gan_step(
     def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc
         device_type = gen.step.device.type
+        taken = state.gen.step.clone()  # steps before this one (a donated update overwrites gen.step)
         chunks = {k: batch[k].chunk(n_disc) for k in ("x", "z", "u") if k in batch}
         for i in range(n_disc):
             with torch.no_grad(), autocast(precision, device_type):
                 fake, gen_buffers = generate(gen.params, gen.buffers, chunks["z"][i])  # (B, C, H, W)
-            gen = gen._replace(buffers=gen_buffers)  # BatchNorm statistics come back out
+            # BatchNorm statistics come back out (donated: into the state's own buffers)
+            gen = gen._replace(buffers=write_state(gen.buffers, gen_buffers, donate))
             d_batch = {k: v[i] for k, v in chunks.items() if k != "z"}
             disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
         g_batch = {"z": chunks["z"][-1], "disc_params": disc.params, "disc_buffers": disc.buffers}
         gen, g_metrics = g_update(gen, g_batch)
-        ema = _ema_update(state.ema, gen.params, ema_decay, state.gen.step, donate)
+        ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
-    return compile_step(step, compile)
+    return compile_step(step, compile, donate)
 
 
 def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:

@@ -8,7 +8,7 @@ import torch
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
 from engine.optim import Optimizer
-from engine.state import Aux, TrainState, write_state
+from engine.state import Aux, TrainState, tree_map, write_state
 
 LossFn = Callable[[dict, dict, dict], tuple[torch.Tensor, Aux]]
 
@@ -50,7 +50,7 @@ def make_train_step(
         loss_fn, optimizer, precision=precision, donate=donate, scaler_config=scaler_config,
         all_reduce=all_reduce,
     )  # fmt: skip
-    return compile_step(pure, compile)
+    return compile_step(pure, compile, donate)
 
 
 def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
@@ -60,6 +60,11 @@ def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
     packed = {f"{part}/{k}": v for part, tensors in parts.items() for k, v in tensors.items()}
     means = all_reduce(packed)
     return tuple({k: means[f"{part}/{k}"] for k in tensors} for part, tensors in parts.items())
+
+
+def _unzip(pairs: dict) -> tuple[dict, dict]:
+    """{name: (old, new)} -> ({name: old}, {name: new})."""
+    return {k: o for k, (o, _) in pairs.items()}, {k: n for k, (_, n) in pairs.items()}
 
 
 def make_pure_train_step(
@@ -96,17 +101,23 @@ def make_pure_train_step(
         else:  # an inf/nan loss or gradient: skip the update; the loop stops on it or counts it
             skip = _nonfinite(loss, grads)
         params, opt = optimizer.update(grads, state.opt, state.params)
-        old, new = {"params": state.params, "opt": state.opt}, {"params": params, "opt": opt}
-        if not fp16:  # an inf/nan forward may have poisoned BatchNorm statistics too
-            old["buffers"], new["buffers"] = state.buffers, aux.buffers
-        new = write_state(old, new, donate, keep_old=skip)  # the old tensors where skip: no host sync
-        buffers = new.get("buffers", aux.buffers)  # fp16 keeps them, as GradScaler does
         metrics["skipped"] = skip.float()
-        scaler = state.scaler
-        if fp16:
-            scaler = scaler_update(state.scaler, skip, scaler_config)
-            metrics["loss_scale"] = state.scaler["scale"]
-        return TrainState(new["params"], buffers, new["opt"], state.step + 1, scaler), metrics
+        gated = {"params": (state.params, params), "opt": (state.opt, opt)}  # (old, new): kept where skip
+        always = {"step": (state.step, state.step + 1)}
+        if fp16:  # the scale backs off or grows; BatchNorm statistics update anyway, as GradScaler's
+            metrics["loss_scale"] = state.scaler["scale"].clone()  # the scale this step used
+            always["scaler"] = (state.scaler, scaler_update(state.scaler, skip, scaler_config))
+            always["buffers"] = (state.buffers, aux.buffers)
+        else:  # an inf/nan forward may have poisoned BatchNorm statistics too
+            gated["buffers"] = (state.buffers, aux.buffers)
+        # Donated: every new value written into its input's storage, so the state keeps its
+        # addresses from step to step (what CUDA graphs replay against); else fresh tensors.
+        new = {
+            **write_state(*_unzip(gated), donate, keep_old=skip),  # the old tensors where skip: no sync
+            **write_state(*_unzip(always), donate),
+        }
+        scaler = new.get("scaler", {})
+        return TrainState(new["params"], new["buffers"], new["opt"], new["step"], scaler), metrics
 
     return step
 
@@ -142,17 +153,49 @@ def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[Tra
     return eval_step
 
 
-def compile_step(step, compile: bool | str | None = None):
-    """The whole step as one torch.compile(fullgraph=True) region; compile: True, False, None (the
-    per-device default, resolved at the first call) or a torch.compile mode such as "reduce-overhead"."""
+# compile= names (the CLI's --compile) -> torch.compile modes; None: no compilation.
+COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs",
+                 "cudagraphs": "reduce-overhead"}  # fmt: skip
+_GRAPHED = ("reduce-overhead", "max-autotune")  # torch modes that record CUDA graphs
+
+
+def _resolve(compile, device_type: str) -> str | None:
+    """The torch.compile mode for a compile= choice (None: run eagerly)."""
+    if compile is None or compile == "auto":
+        compile = default_compile(device_type)
+    if isinstance(compile, bool):
+        return "default" if compile else None
+    return COMPILE_MODES.get(compile, compile)  # a name above, or a torch.compile mode as it is
+
+
+def compile_step(step, compile: bool | str | None = None, donate: bool = False):
+    """The whole step as one torch.compile(fullgraph=True) region. compile: True / False, None or
+    "auto" (the per-device default, resolved at the first call), a COMPILE_MODES name or a
+    torch.compile mode.
+
+    CUDA graphs ("cudagraphs" = "reduce-overhead"): a replay overwrites the outputs of the one
+    before, so the state must not live in the graph's memory pool. A donated step (donate=True,
+    built with the same flag) writes every new value into its input's storage: the state tensors
+    are marked as static addresses once and updated in place, replay after replay. An undonated
+    step's new state is copied out of the pool. Either way the metrics are copied out before the
+    next replay, which torch.compiler.cudagraph_mark_step_begin() announces."""
     compiled = {}
 
-    def run(state: TrainState, batch: dict):
-        device_type = state.step.device.type
+    def run(state, batch: dict):
+        device_type = state.step.device.type  # TrainState and GANState both have .step
         if device_type not in compiled:
-            choice = default_compile(device_type) if compile is None else compile
-            mode = choice if isinstance(choice, str) else None
-            compiled[device_type] = torch.compile(step, fullgraph=True, mode=mode) if choice else step
-        return compiled[device_type](state, batch)
+            mode = _resolve(compile, device_type)
+            fn = step if mode is None else torch.compile(step, fullgraph=True, mode=mode)
+            if mode in _GRAPHED and donate:
+                tree_map(torch._dynamo.mark_static_address, state)
+            compiled[device_type] = (fn, mode in _GRAPHED)
+        fn, graphed = compiled[device_type]
+        if not graphed:
+            return fn(state, batch)
+        torch.compiler.cudagraph_mark_step_begin()
+        new, metrics = fn(state, batch)
+        if not donate:  # out of the pool: the next replay reuses it
+            new = tree_map(torch.clone, new)
+        return new, {k: v.clone() for k, v in metrics.items()}
 
     return run

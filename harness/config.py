@@ -16,6 +16,7 @@ from harness.data import DATASETS
 DATASET_NAMES = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZE = ("none", "dynamic")
+COMPILE = ("auto", "off", "default", "max-autotune", "cudagraphs")  # engine.step.COMPILE_MODES, and auto
 
 
 class UsageError(Exception):
@@ -58,7 +59,7 @@ class RunConfig(Config):
     # Flags a resumed run may change; every other flag must match the saved config.
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "checkpoint_every", "keep", "skip_nonfinite", "progress", "resume",
-        "run_dir", "compile", "donate", "target_loss", "device", "download",
+        "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32",
     )  # fmt: skip
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
@@ -72,7 +73,13 @@ class RunConfig(Config):
         BINARIZE,
     )
     precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
-    compile: bool = option(True, "wrap the whole train step in torch.compile")
+    compile: str = option(
+        "auto",
+        "torch.compile of the whole step: auto (compiled, default mode, on CPU and CUDA), off, default, "
+        "max-autotune, cudagraphs (CUDA graphs; reduce-overhead); --no-compile = off",
+        COMPILE,
+    )
+    tf32: bool = option(False, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster, inexact)")
     donate: bool = option(True, "let the step overwrite the previous state's storage")
     device: str = option("auto", "where tensors live", choices=DEVICES)
     seed: int = option(0, "seed of the weights, the data order and the noise")
@@ -87,6 +94,8 @@ class RunConfig(Config):
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
+        if isinstance(self.compile, bool):  # a config.json written when --compile was a switch
+            object.__setattr__(self, "compile", "auto" if self.compile else "off")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             self.require(value >= 1, f"{flag(name)} must be at least 1, got {value}")
@@ -129,6 +138,9 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             parser.add_argument(f.name, type=kind, help=meta.get("help", ""))
         elif f.name == "resume":
             parser.add_argument(flag(f.name), nargs="?", const=True, metavar="RUN_DIR", help=helptext)
+        elif f.name == "compile" and kind is str:  # --compile MODE, bare --compile, --no-compile
+            parser.add_argument(flag(f.name), nargs="?", const="auto", choices=meta["choices"], help=helptext)
+            parser.add_argument("--no-compile", dest="compile", action="store_const", const="off", help="off")
         elif kind is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=helptext)
         elif typing.get_origin(kind) is tuple:  # checked item by item in Config.__post_init__

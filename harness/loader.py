@@ -94,7 +94,7 @@ class Loader:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self.gen.set_state(state["rng"].cpu() if self.device.type == "cpu" else state["rng"])
+        self.gen.set_state(state["rng"].cpu())  # a CPU byte tensor, for a CUDA generator too
 
 
 def fixed_images(data: Dataset, seed: int, dynamic_binarize=False) -> torch.Tensor:

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from harness.rundir import has_checkpoint, resume_state
 from harness.world import World, barrier, broadcast_state, check_same_on_all_ranks, init_world
 
 EVAL_BATCH = 1000
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present where an NVIDIA kernel driver is loaded
 TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same for every run
 
 
@@ -70,14 +72,30 @@ def _saved_config(run_dir: Path) -> dict:
     return saved
 
 
+def unusable_gpu() -> str | None:
+    """Why an NVIDIA GPU this machine has is out of torch's reach (None: there is none, or it works)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    if hidden or torch.cuda.is_available() or not NVIDIA_DRIVER.exists():
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the driver (a driver too old?)"
+
+
 def resolve_device(name: str, world: World = World()) -> torch.device:
-    """cpu or cuda (auto: cuda when present); under torchrun, the rank's own GPU (LOCAL_RANK)."""
+    """cpu or cuda (auto: cuda when present); under torchrun, the rank's own GPU (LOCAL_RANK).
+    CUDA asked for and not usable is a UsageError; auto falling back to the CPU beside an unusable
+    GPU says so in one warning."""
     if name not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    reason = unusable_gpu()
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
+        why = f": {reason}" if reason else ""
+        raise UsageError(f"--device cuda asked for, but no CUDA device is available{why}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+        if reason and world.main:
+            warnings.warn(f"an NVIDIA GPU is present but {reason}: running on the CPU", stacklevel=2)
     return torch.device(name, world.local_rank) if name == "cuda" and world.parallel else torch.device(name)
 
 
@@ -127,8 +145,13 @@ class Run:
                     f"{cfg.run_dir} already holds a run: add --resume to continue it, "
                     "or pick another --run-dir"
                 )
-        world = init_world(resolve_device(cfg.device).type)  # torchrun: join the process group
-        run = cls(cfg, Path(cfg.run_dir), resolve_device(cfg.device, world), None, None, experiment, world)
+        device = resolve_device(cfg.device)
+        world = init_world(device.type)  # torchrun: join the process group
+        if world.parallel and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        if device.type == "cuda":  # TF32 for fp32 matmuls/convolutions only when asked
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+        run = cls(cfg, Path(cfg.run_dir), device, None, None, experiment, world)
         if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
             run.save_config()
         torch.manual_seed(cfg.seed)  # weight initialisation

@@ -132,7 +132,8 @@ def resume_state(run_dir, state, loader: Loader, config: dict | None = None, res
     state, extra, meta, path, corrupt = load_newest(run_dir, state, device=_state_device(state))
     _check_saved_config(meta["config"], config, path, resumable)
     loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
-    stacked = {k[len("history/") :]: v for k, v in extra.items() if k.startswith("history/")}
+    device = _state_device(state)  # the epoch's metrics so far, beside the new ones
+    stacked = {k[len("history/") :]: v.to(device) for k, v in extra.items() if k.startswith("history/")}
     steps = len(next(iter(stacked.values()))) if stacked else 0
     history = [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
     set_aside(run_dir, corrupt, path)

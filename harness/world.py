@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from engine.checkpoint import CheckpointError
 from engine.state import flatten_state
+from harness.config import UsageError
 
 
 class World(NamedTuple):
@@ -39,6 +40,12 @@ def init_world(device_type: str) -> World:
         return World()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
+        gpus, per_node = torch.cuda.device_count(), os.environ.get("LOCAL_WORLD_SIZE", "?")
+        if world.local_rank >= gpus:  # two ranks on one GPU would deadlock NCCL or run out of memory
+            raise UsageError(
+                f"torchrun started {per_node} processes on this machine but it has {gpus} GPU(s): "
+                f"launch one per GPU (make train-*-ddp NPROC={gpus}), or --device cpu"
+            )
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
@@ -86,7 +93,15 @@ def barrier() -> None:
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows of t (dim 0; counts may differ) concatenated in rank order, on every rank."""
+    """Every rank's rows of t (dim 0; counts may differ) concatenated in rank order, on every rank,
+    on t's device. NCCL moves only CUDA tensors: CPU rows travel through this rank's GPU."""
+    home = t.device
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    return _gather_rows(t).to(home)
+
+
+def _gather_rows(t: torch.Tensor) -> torch.Tensor:
     size = dist.get_world_size()
     counts = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(size)]
     dist.all_gather(counts, torch.tensor([len(t)], device=t.device))

@@ -21,6 +21,16 @@ def data_root() -> Path:
     return root
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, where no usable CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     """Each test compiles from scratch, so recompile checks see only their own graphs."""
@@ -29,12 +39,15 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def run_cli(module: str, args, data_root, expect: int = 0, timeout: int = 600):
-    """Run `python -m module args` from the repository root; assert its exit code."""
+def run_cli(module: str, args, data_root, expect: int = 0, timeout: int = 600, cuda: bool = False):
+    """Run `python -m module args` from the repository root; assert its exit code. Without cuda=True
+    the GPUs are hidden, so `--device auto` (and torchrun's ranks) run on the CPU on any machine."""
     import subprocess
     import sys
 
     env = {**os.environ, "DATA_DIR": str(data_root)}
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
         cwd=ROOT,

@@ -114,6 +114,8 @@ def test_experiment_trains_and_exports_plain_weights(data_root, tmp_path, monkey
     monkeypatch.setenv("DATA_DIR", str(data_root))
     monkeypatch.setattr(models.classifier, "WEIGHTS_DIR", tmp_path / "weights")
     args = [
+        "--device",
+        "cpu",
         "--max-steps",
         "30",
         "--warmup",

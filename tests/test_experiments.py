@@ -164,7 +164,7 @@ def test_sigint_checkpoints_and_exits_130(data_root, tmp_path):
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**__import__("os").environ, "DATA_DIR": str(data_root)},
+        env={**__import__("os").environ, "DATA_DIR": str(data_root), "CUDA_VISIBLE_DEVICES": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

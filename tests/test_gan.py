@@ -200,3 +200,13 @@ def test_gan_state_round_trips_through_a_checkpoint(tmp_path):
     _, _, _, other = _setup("nonsaturating", 1, "fp32", arch="mlp")
     with pytest.raises(engine.CheckpointError, match="does not fit"):
         engine.load_checkpoint(tmp_path / "c.safetensors", other)
+
+
+def test_a_donated_gan_state_keeps_every_address():
+    gan, g_opt, d_opt, state = _setup("nonsaturating", 2)
+    step = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False, donate=True)
+    addresses = {k: v.data_ptr() for k, v in flatten_state(state).items()}
+    for i in range(2):
+        state, _ = step(state, _batch(i, 2))
+    assert {k: v.data_ptr() for k, v in flatten_state(state).items()} == addresses
+    assert int(state.step) == 2

@@ -38,7 +38,7 @@ ARGS = [*VAE, "--checkpoint-every", EVERY, "--max-steps", STEPS]
 
 def _start(data_root, args, module="experiments.vae"):
     # one thread: fast on a shared 2-core machine, and the same thread count in every run compared
-    env = {**os.environ, "DATA_DIR": str(data_root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DATA_DIR": str(data_root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", module, *map(str, args)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

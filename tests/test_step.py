@@ -131,3 +131,36 @@ def test_compiled_step_has_one_graph_and_never_recompiles(precision, donate):
     tol = {"rtol": 1e-4, "atol": 1e-5} if precision == "fp32" else {"rtol": 0.0, "atol": 1.3e-2}
     for k in a.params:  # compiled kernels reorder float math: equal to rounding, not bitwise
         torch.testing.assert_close(b.params[k], a.params[k], **tol)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_donated_state_keeps_every_address_step_counter_and_loss_scale_included(precision):
+    # what CUDA graphs replay against: the same memory for every tensor of the state, step after step
+    _, loss_fn, opt, state = _setup("vae", "conv", precision)
+    step = engine.make_train_step(loss_fn, opt, precision=precision, compile=False, donate=True)
+    addresses = {k: v.data_ptr() for k, v in flatten_state(state).items()}
+    for i in range(3):
+        state, metrics = step(state, _batch(i))
+    assert {k: v.data_ptr() for k, v in flatten_state(state).items()} == addresses
+    assert int(state.step) == 3
+    if precision == "fp16":  # the metric is the scale this step used, not the storage updated after it
+        assert metrics["loss_scale"].data_ptr() != state.scaler["scale"].data_ptr()
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_cudagraphs_mode_keeps_metrics_and_state_out_of_the_replay_memory(donate):
+    # On the CPU inductor records no graph, but compile_step's CUDA-graph path runs as on a GPU: the
+    # state marked static (donated) or copied out, the metrics copied out of every replay.
+    _, loss_fn, opt, state = _setup("vae", "mlp")
+    eager = engine.make_train_step(loss_fn, opt, compile=False)
+    graphed = engine.make_train_step(loss_fn, opt, compile="cudagraphs", donate=donate)
+    a, b, kept_a, kept_b = engine.clone_state(state), engine.clone_state(state), [], []
+    for i in range(4):
+        a, ma = eager(a, _batch(i))
+        b, mb = graphed(b, _batch(i))
+        kept_a.append(ma["loss"])
+        kept_b.append(mb["loss"])
+    torch.testing.assert_close(torch.stack(kept_b), torch.stack(kept_a), rtol=1e-4, atol=1e-4)
+    for k in a.params:
+        torch.testing.assert_close(b.params[k], a.params[k], rtol=1e-4, atol=1e-5)
+    assert int(b.step) == 4
