@@ -6,6 +6,7 @@ from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init
 from engine.checkpoint import (
     CheckpointError,
     CorruptCheckpoint,
+    WriteError,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
@@ -65,4 +66,5 @@ __all__ = [
     "save_weights",
     "CheckpointError",
     "CorruptCheckpoint",
+    "WriteError",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import stat
 from pathlib import Path
 
 import safetensors
@@ -14,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.state import flatten_state, unflatten_state
 
-FORMAT = "purestep-checkpoint-1"
+FORMAT = "purestep-checkpoint-1"  # the format and its version: version 1 requires the sha256
+MAX_METADATA = 1 << 20  # bytes of metadata text; ours is a few KB
 
 
 class CheckpointError(Exception):
@@ -38,8 +41,13 @@ def fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only, permission); the message is one line."""
+
+
 def atomic_write(path: Path, write) -> None:
-    """write(tmp_path), fsync, then rename over `path`: a reader sees the old file or the new one."""
+    """write(tmp_path), fsync, then rename over `path`: a reader sees the old file or the new one.
+    Any failure is a WriteError naming `path`; the cleanup never hides it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -47,9 +55,12 @@ def atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+        fsync_dir(path.parent)
+    except Exception as e:  # OSError, or safetensors' own error for a full disk
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise WriteError(f"cannot write {path}: {reason}") from None
 
 
 def checkpoint_digest(flat: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
@@ -80,13 +91,22 @@ def save_checkpoint(path, state, extra=None, config=None) -> None:
 
 def _raw_metadata(path) -> dict[str, str]:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open forever
+            raise CorruptCheckpoint(f"{path} is not a regular file")
         with safetensors.safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
+            meta = f.metadata() or {}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied") from None
+    except CorruptCheckpoint:
+        raise
     except Exception as e:  # truncated, a pickle, random bytes: safetensors parses no code, only a header
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorruptCheckpoint(f"{path} is not a readable safetensors checkpoint ({reason})") from None
+    if sum(len(v) for v in meta.values()) > MAX_METADATA:
+        raise CorruptCheckpoint(f"{path} has metadata over {MAX_METADATA:,} bytes")
+    return meta
 
 
 def read_metadata(path) -> dict:
@@ -99,8 +119,10 @@ def _parse_metadata(path, meta: dict[str, str]) -> dict:
         raise CorruptCheckpoint(f"{path} is not a purestep checkpoint (format {meta.get('format')!r})")
     try:
         config, vers = json.loads(meta["config"]), json.loads(meta["versions"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: nested too deep to be ours
         raise CorruptCheckpoint(f"{path} has damaged metadata (config/versions)") from None
+    if not isinstance(config, dict) or not isinstance(vers, dict):
+        raise CorruptCheckpoint(f"{path} has damaged metadata (config/versions are not objects)")
     if "sha256" not in meta:  # every checkpoint of this format carries one: without it, nothing is verified
         raise CorruptCheckpoint(f"{path} has no checksum in its metadata")
     return {"config": config, "versions": vers, "sha256": meta["sha256"]}

@@ -39,11 +39,14 @@ class GANConfig(RunConfig):
     image_folder: str = option("", "folder of images for --dataset imagefolder (searched recursively)")
     image_size: int = option(64, "imagefolder: images resized and centre-cropped to this (28 or 64)")
     channels: int = option(3, "imagefolder: 3 (RGB) or 1 (grey)", (1, 3))
+    max_pixels: int = option(40_000_000, "imagefolder: skip larger images unread (with a warning)")
     eval_samples: int = option(10000, "generated images scored against the test split each epoch (0: none)")
     target_fid: float = option(0.0, "exit 1 if the final FID is above this (0: no target)")
 
     def __post_init__(self):
         super().__post_init__()
+        self.require(self.latent_dim >= 1 and self.width >= 1, "--latent-dim and --width must be at least 1")
+        self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         ok = self.n_disc >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
         scored = self.dataset in CLASSIFIED and self.eval_samples > 0

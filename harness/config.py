@@ -23,6 +23,20 @@ class UsageError(Exception):
     """Bad user input (flag, value, file); reported as one line with exit code 2."""
 
 
+def _typed(name: str, kind, value):
+    """value as a field of type `kind` takes it (an int for a float, a list for a tuple), or a
+    UsageError: a config.json edited to "epochs": "5", null or 128.0 is refused in one line."""
+    if typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
+        item = typing.get_args(kind)[0]
+        return tuple(_typed(name, item, v) for v in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    shown = getattr(kind, "__name__", str(kind))
+    raise UsageError(f"{flag(name)} must be {shown}, got {value!r}")
+
+
 def option(default, help: str, choices=None, positional: bool = False):
     """A config field: its default, the help text shown by --help, allowed values, and whether it is
     a positional argument (required) rather than a --flag. A tuple[T, ...] field takes a
@@ -40,6 +54,9 @@ class Config:
     """Base of every entry point's config: checks each field's choices (list fields: every item)."""
 
     def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # values from config.json or a checkpoint, not only flags
+            object.__setattr__(self, f.name, _typed(f.name, hints[f.name], getattr(self, f.name)))
         for f in dataclasses.fields(self):
             allowed, value = f.metadata.get("choices"), getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
@@ -96,6 +113,7 @@ class RunConfig(Config):
     def __post_init__(self):
         if isinstance(self.compile, bool):  # a config.json written when --compile was a switch
             object.__setattr__(self, "compile", "auto" if self.compile else "off")
+        super().__post_init__()  # types and choices first: the checks below compare values
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             self.require(value >= 1, f"{flag(name)} must be at least 1, got {value}")
@@ -104,7 +122,7 @@ class RunConfig(Config):
             value = getattr(self, name)
             self.require(value >= 0, f"{flag(name)} must be >= 0, got {value}")
         self.require(self.keep >= 1, f"--keep must be at least 1, got {self.keep}")
-        super().__post_init__()
+        self.require(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
 
     def tag(self) -> str:
         """The model part of the default run directory's name."""

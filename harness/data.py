@@ -43,6 +43,8 @@ def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:
     expected = offset + torch.Size(dims).numel()
     if len(raw) != expected:
         raise DataError(f"{path} has {len(raw)} bytes, its header promises {expected} (truncated?)")
+    if expected == offset:  # no items: frombuffer refuses an empty buffer
+        return torch.zeros(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 
 
@@ -82,6 +84,9 @@ def load_dataset(name: str, split: str, root=None, device="cpu", download=False)
     labels = _read_idx(paths[1], _LABEL_MAGIC, 1)
     if len(images) != len(labels):
         raise DataError(f"{raw}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0 or tuple(images.shape[1:]) != (28, 28):  # what every model here is built for
+        shape = "x".join(map(str, images.shape[1:]))
+        raise DataError(f"{paths[0]} holds {len(images)} images of {shape} pixels; {name} has 28x28 images")
     return Dataset(images.to(device), labels.to(device=device, dtype=torch.int64))
 
 

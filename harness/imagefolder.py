@@ -14,6 +14,7 @@ from harness.data import DataError, Dataset
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-insensitively
 PROGRESS_OVER = 500  # show a progress bar when decoding more files than this
+MAX_PIXELS = 40_000_000  # larger images are skipped unread: 40 MP decode to 120 MB of RGB each
 
 
 def image_files(root: Path) -> list[Path]:
@@ -49,11 +50,21 @@ def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.center_crop(image, [size, size])
 
 
-def load_image_folder(path, size: int, channels: int = 3, device="cpu") -> Dataset:
+def _pixels(path: Path) -> int:
+    """Width x height from the file's header alone (PIL reads no pixel data to tell)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.width * im.height
+
+
+def load_image_folder(
+    path, size: int, channels: int = 3, device="cpu", max_pixels: int = MAX_PIXELS
+) -> Dataset:
     """Every readable image under `path` as uint8 (N, C, size, size) on `device`, labels all zero.
 
-    Files that fail to decode are skipped with one warning naming them; a folder with nothing
-    readable in it raises DataError.
+    Files that fail to decode, and images over max_pixels (told by their header, never decoded), are
+    skipped with one warning naming them; a folder with nothing readable in it raises DataError.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
@@ -64,19 +75,27 @@ def load_image_folder(path, size: int, channels: int = 3, device="cpu") -> Datas
         what = "does not exist" if not root.exists() else "is not a folder"
         raise DataError(f"image folder {root} {what}")
     files = image_files(root)
-    images, skipped = [], []
+    images, skipped, large = [], [], []
     for file in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=len(files) <= PROGRESS_OVER):
+        name = file.relative_to(root).as_posix()
         try:
+            if _pixels(file) > max_pixels:
+                large.append(name)
+                continue
             image = _decode(file, channels)
         except Exception:  # any decoder failure means an unreadable file, reported below
-            skipped.append(file.relative_to(root).as_posix())
+            skipped.append(name)
             continue
         images.append(_fit(image, size))
     if not images:
         found = f"{len(files)} image file(s), none readable" if files else "no image files"
         raise DataError(f"{found} under {root} (looked for {', '.join(EXTENSIONS)})")
-    if skipped:
-        names = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}: {names}", stacklevel=2)
+    for names, what in (
+        (skipped, "unreadable image file(s)"),
+        (large, f"image file(s) over {max_pixels:,} pixels"),
+    ):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            warnings.warn(f"skipped {len(names)} {what} under {root}: {shown}", stacklevel=2)
     stacked = torch.stack(images).to(device)  # (N, C, size, size) uint8
     return Dataset(stacked, torch.zeros(len(stacked), dtype=torch.int64, device=device))

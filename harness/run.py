@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import signal
 import sys
 import warnings
 from dataclasses import dataclass
@@ -15,13 +16,21 @@ from pathlib import Path
 
 import torch
 
-from engine import CheckpointError, init_state, make_eval_step, mean_over_ranks, save_weights, scaler_init
+from engine import (
+    CheckpointError,
+    WriteError,
+    init_state,
+    make_eval_step,
+    mean_over_ranks,
+    save_weights,
+    scaler_init,
+)
 from engine.checkpoint import atomic_write
 from harness.config import DEVICES, UsageError, merge_resumed, parse_config
 from harness.data import DataError, Dataset, load_dataset
 from harness.fit import LoopOptions, NonFiniteError, fit
 from harness.loader import Loader, eval_batches, evaluate_mean
-from harness.rundir import has_checkpoint, resume_state
+from harness.rundir import has_checkpoint, lock_run_dir, resume_state
 from harness.world import World, barrier, broadcast_state, check_same_on_all_ranks, init_world
 
 EVAL_BATCH = 1000
@@ -36,13 +45,23 @@ def main_guard(main):
 
     @functools.wraps(main)
     def wrapped(argv=None):
+        if os.environ.get("PURESTEP_DEBUG"):  # developers: the full traceback, no translation
+            return main(argv)
+        old_term = signal.signal(signal.SIGTERM, _terminated)  # before the loop takes it over
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning
                 return main(argv)
-        except (UsageError, DataError, CheckpointError) as e:
+        except (UsageError, DataError, CheckpointError, WriteError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as e:  # any other file the run touches: one line, the path and the reason
+            print(f"error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except _Terminated:
+            line = "error: terminated (SIGTERM; the run directory keeps its last complete checkpoint, if any)"
+            print(line, file=sys.stderr)
+            raise SystemExit(143) from None
         except NonFiniteError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(3) from None
@@ -51,7 +70,18 @@ def main_guard(main):
             print(line, file=sys.stderr)
             raise SystemExit(130) from None
 
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+
     return wrapped
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (whose own handler checkpoints first)."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -70,6 +100,19 @@ def _saved_config(run_dir: Path) -> dict:
     if not isinstance(saved, dict):
         raise UsageError(f"--resume: {path} holds no config object; start a new --run-dir")
     return saved
+
+
+def _claim(run_dir: Path, resume: bool) -> None:
+    """Check the run directory's name and take its lock (rank 0: the one process that writes)."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        name = repr(run_dir)[len("PosixPath(") : -1]
+        raise UsageError(f"the run directory {name} is not valid UTF-8; pick another --run-dir") from None
+    if resume and not run_dir.is_dir():
+        raise UsageError(f"--resume: {run_dir} holds no checkpoint (no such folder)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock_run_dir(run_dir)
 
 
 def unusable_gpu() -> str | None:
@@ -106,7 +149,7 @@ def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
 
         if not cfg.image_folder:
             raise UsageError("--dataset imagefolder needs --image-folder PATH")
-        images = load_image_folder(cfg.image_folder, cfg.image_size, cfg.channels, device=device)
+        images = load_image_folder(cfg.image_folder, cfg.image_size, cfg.channels, device, cfg.max_pixels)
         return images, images
     splits = ("train", "test")
     return tuple(load_dataset(cfg.dataset, s, device=device, download=cfg.download) for s in splits)
@@ -131,16 +174,17 @@ class Run:
         The default run directory is runs/<experiment>-<dataset>-<config.tag()>."""
         prog = f"python -m experiments.{experiment}"
         cfg, given = parse_config(config_cls, argv, prog=prog, description=description)
+        if not cfg.run_dir and not cfg.resume:
+            name = f"{experiment}-{cfg.dataset}-{cfg.tag()}"
+            cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
+        _claim(Path(cfg.run_dir), cfg.resume)  # locked before anything in it is read or written
         if cfg.resume:
             saved = _saved_config(Path(cfg.run_dir))
             if saved.pop("experiment", experiment) != experiment:
                 raise UsageError(f"{cfg.run_dir} is not a {experiment} run")
             cfg = merge_resumed(config_cls, saved, {k: getattr(cfg, k) for k in given})
         else:
-            if not cfg.run_dir:
-                name = f"{experiment}-{cfg.dataset}-{cfg.tag()}"
-                cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / name))
-            if has_checkpoint(cfg.run_dir):
+            if has_checkpoint(cfg.run_dir) or (Path(cfg.run_dir) / "config.json").exists():
                 raise UsageError(
                     f"{cfg.run_dir} already holds a run: add --resume to continue it, "
                     "or pick another --run-dir"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -25,6 +26,34 @@ LATEST = "checkpoint.safetensors"  # run_dir/LATEST: a relative symlink to the n
 FOLDER = "checkpoints"
 METRICS = "metrics.jsonl"  # one record per epoch
 STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
+LOCK = ".lock"  # held (flock) by the one process writing the run; the kernel drops it when that dies
+_held: dict[Path, int] = {}  # run directory -> this process's open lock file descriptor
+
+
+class RunInUse(CheckpointError):
+    """Another live process holds the run directory; the message names its pid."""
+
+
+def lock_run_dir(run_dir) -> None:
+    """Take the run directory's exclusive lock for the rest of this process's life, before anything
+    in it is read, swept or written; another holder is a RunInUse naming its pid."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        what = f"{run_dir} is in use by another run (pid {holder})"
+        raise RunInUse(f"{what}; wait for it to end, or pick another --run-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[run_dir] = fd
+
+
 _STEP_FILE = re.compile(r"step-(\d+)\.safetensors")
 
 
@@ -45,10 +74,12 @@ def has_checkpoint(run_dir) -> bool:
 
 
 def remove_stale_temps(run_dir) -> None:
-    """Delete the temporary files a killed process left behind (.name.tmpPID: never renamed in)."""
+    """Delete the temporary files a killed process left behind, never renamed in: ours (.name.tmpPID)
+    and safetensors' own (.tmpXXXXXX: save_file writes through a temporary file of the Rust tempfile
+    crate). Only the run's one writer calls this, holding the run directory's lock."""
     run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / FOLDER):
-        for tmp in folder.glob(".*.tmp*"):
+        for tmp in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
             tmp.unlink(missing_ok=True)
 
 

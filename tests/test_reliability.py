@@ -382,3 +382,167 @@ def test_unreadable_images_are_one_warning_and_the_run_goes_on(data_root, tmp_pa
     _, err = _run(data_root, [*args, "--run-dir", tmp_path / "run"], module="experiments.gan")
     ours = [line for line in err.splitlines() if not line.startswith("libpng")]  # libpng's own stderr line
     assert ours == [f"warning: skipped 1 unreadable image file(s) under {folder}: broken.png"], err
+
+
+# ---- issue 14: runs that cannot be trampled --------------------------------------------------------
+
+
+def test_a_second_process_on_a_live_run_directory_is_refused_naming_it(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    first = _start(data_root, [*VAE, "--epochs", 50, "--run-dir", run_dir])
+    try:
+        _wait_for(run_dir / "config.json", first)
+        for args in (["--run-dir", run_dir], ["--resume", run_dir]):  # a new run or a resume: both refused
+            _, err = _run(data_root, [*VAE, "--max-steps", 2, *args], expect=2)
+            assert f"is in use by another run (pid {first.pid})" in _error_line(err)
+    finally:
+        first.kill()  # SIGKILL: the kernel drops the lock
+        first.communicate()
+    out, _ = _run(data_root, [*VAE, "--max-steps", 2, "--resume", run_dir])
+    assert "resuming" in out or "starting from step 0" in out
+
+
+def _run_with_config(tmp_path, **changes) -> Path:
+    """A run directory holding only a config.json (a run killed before its first checkpoint), edited."""
+    from experiments.vae import VAEConfig
+
+    run_dir = tmp_path / "edited"
+    run_dir.mkdir()
+    config = {"experiment": "vae", **VAEConfig(arch="mlp", latent_dim=4).__dict__, **changes}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"epochs": "5"}, "--epochs must be int, got '5'"),
+        ({"epochs": None}, "--epochs must be int, got None"),
+        ({"lr": "abc"}, "--lr must be float, got 'abc'"),
+        ({"batch_size": 128.0}, "--batch-size must be int, got 128.0"),
+        ({"latent_dim": -1}, "--latent-dim must be at least 1, got -1"),
+    ],
+)
+def test_a_config_json_of_the_wrong_type_or_range_is_one_line(data_root, tmp_path, changes, words):
+    run_dir = _run_with_config(tmp_path, **changes)
+    _, err = _run(data_root, ["--resume", run_dir], expect=2)
+    assert words in _error_line(err)
+
+
+@pytest.mark.parametrize(
+    "args,words,module",
+    [
+        (["--latent-dim", 0], "--latent-dim must be at least 1", "experiments.vae"),
+        (["--seed", "99999999999999999999"], "--seed must be in [0, 2**63)", "experiments.vae"),
+        (["--image-size", 0], "--image-size must be at least 1", "experiments.gan"),
+    ],
+)
+def test_out_of_range_flags_are_one_line_and_leave_nothing(data_root, tmp_path, args, words, module):
+    _, err = _run(data_root, [*args, "--run-dir", tmp_path / "run"], expect=2, module=module)
+    assert words in _error_line(err) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "side,count,words", [(27, 60000, "60000 images of 27x27 pixels"), (28, 0, "0 images")]
+)
+def test_idx_files_the_models_cannot_take_are_a_data_error(data_root, tmp_path, side, count, words):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for src in (data_root / "MNIST" / "raw").iterdir():
+        (raw / src.name).symlink_to(src)
+    header = (2051).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (count, side, side))
+    (raw / "train-images-idx3-ubyte").unlink()
+    (raw / "train-images-idx3-ubyte").write_bytes(header + bytes(count * side * side))
+    if count == 0:
+        (raw / "train-labels-idx1-ubyte").unlink()
+        (raw / "train-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(harness.DataError, match=words):
+        harness.load_dataset("mnist", "train", root=tmp_path)
+
+
+def _with_metadata(tmp_path, **meta) -> Path:
+    from safetensors.torch import save_file
+
+    from engine.checkpoint import FORMAT
+
+    path = tmp_path / "c.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": FORMAT, "versions": "{}", **meta})
+    return path
+
+
+@pytest.mark.parametrize(
+    "config", ['["not", "a", "dict"]', "[" * 200_000 + "]" * 200_000, "{}" + " " * (2 << 20)]
+)
+def test_checkpoint_metadata_not_of_our_shape_is_corrupt(tmp_path, config):
+    path = _with_metadata(tmp_path, config=config, sha256="0" * 64)
+    with pytest.raises(CorruptCheckpoint):
+        engine.read_metadata(path)
+
+
+def test_a_fifo_named_like_a_checkpoint_is_set_aside_without_blocking(tmp_path):
+    _fit(tmp_path, _tiny(), max_steps=6)
+    fifo = step_path(tmp_path, 99)
+    os.mkfifo(fifo)
+    step, state, loader, _ = _tiny()
+    harness.resume_state(tmp_path, state, loader)  # would block forever opening the FIFO
+    assert (loader.epoch, loader.batch) == (0, 6) and fifo.with_name(fifo.name + ".corrupt").exists()
+
+
+def test_an_unreadable_checkpoint_says_permission_denied(tmp_path, monkeypatch):
+    import safetensors
+
+    _fit(tmp_path, _tiny(), max_steps=6)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(safetensors, "safe_open", denied)
+    with pytest.raises(engine.CheckpointError, match="permission denied") as err:
+        engine.load_checkpoint(list_checkpoints(tmp_path)[0], _tiny()[1])
+    assert not isinstance(err.value, CorruptCheckpoint)  # not set aside as damaged
+
+
+def test_a_run_directory_name_that_is_not_utf8_is_refused_up_front(data_root, tmp_path):
+    bad = os.fsencode(tmp_path) + b"/run-\xff"
+    env = {**os.environ, "DATA_DIR": str(data_root), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "experiments.vae", *VAE, "--run-dir", bad]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "is not valid UTF-8" in _error_line(proc.stderr)
+    assert not os.path.exists(bad)
+
+
+def test_sigterm_before_the_first_step_prints_its_line(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(data_root, ["--arch", "mlp", "--no-progress", "--run-dir", run_dir])  # compiled: slow start
+    _wait_for(run_dir / "config.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert _error_line(err).startswith("error: terminated") or "interrupted at step" in out
+
+
+def test_a_failed_write_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path):
+    import errno
+
+    from engine.checkpoint import WriteError, atomic_write
+
+    def full_disk(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(WriteError, match=r"cannot write .*config.json: No space left on device") as err:
+        atomic_write(tmp_path / "config.json", full_disk)
+    assert "\n" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_unread(tmp_path):
+    from harness.imagefolder import load_image_folder
+
+    for i in range(3):
+        write_png(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8), str(tmp_path / f"{i}.png"))
+    write_png(torch.zeros(1, 1200, 1000, dtype=torch.uint8), str(tmp_path / "huge.png"))
+    with pytest.warns(
+        UserWarning, match="skipped 1 image file\\(s\\) over 1,000,000 pixels under .*: huge.png"
+    ):
+        data = load_image_folder(tmp_path, 28, channels=1, max_pixels=1_000_000)
+    assert len(data.images) == 3
