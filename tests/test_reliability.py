@@ -22,7 +22,7 @@ import harness
 from engine.checkpoint import CorruptCheckpoint
 from harness.fit import LoopOptions, NonFiniteError
 from harness.loader import evaluate_mean
-from harness.rundir import list_checkpoints, read_metrics, step_path
+from harness.rundir import LOCK, list_checkpoints, read_metrics, step_path
 from losses import gan as G
 from losses import make_elbo_loss
 from models import build_gan, build_vae
@@ -72,9 +72,12 @@ def _same_tensors(a: Path, b: Path) -> list[str]:
 
 
 def _snapshot(run_dir: Path) -> dict[str, str]:
-    """Every entry of a run directory (links as their targets) with a hash of its bytes."""
+    """Every entry of a run directory (links as their targets) with a hash of its bytes; the lock
+    file, which only names the process that last held the directory, is left out."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
+        if p.name == LOCK:
+            continue
         if p.is_symlink():
             out[str(p.relative_to(run_dir))] = f"-> {os.readlink(p)}"
         elif p.is_file():
