@@ -26,7 +26,11 @@ def load_trained(run_dir: Path, device):
     except (OSError, ValueError):
         cfg = None
     build = {"vae": build_vae, "ae": build_ae}.get(cfg.get("experiment")) if isinstance(cfg, dict) else None
-    if build is None or not (run_dir / "model.safetensors").exists() or "latent_dim" not in cfg:
+    if (
+        build is None
+        or not (run_dir / "model.safetensors").exists()
+        or not {"arch", "latent_dim"} <= cfg.keys()
+    ):
         raise DataError(f"{run_dir} is not a finished AE/VAE run (config.json and model.safetensors)")
     model = build(cfg["arch"], cfg["latent_dim"]).to(device)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors"), device=str(device)), strict=True)

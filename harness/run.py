@@ -125,10 +125,9 @@ def unusable_gpu() -> str | None:
     return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the driver (a driver too old?)"
 
 
-def resolve_device(name: str, world: World = World()) -> torch.device:
-    """cpu or cuda (auto: cuda when present); under torchrun, the rank's own GPU (LOCAL_RANK).
-    CUDA asked for and not usable is a UsageError; auto falling back to the CPU beside an unusable
-    GPU says so in one warning."""
+def resolve_device(name: str) -> torch.device:
+    """cpu or cuda (auto: cuda when present). CUDA asked for and not usable is a UsageError; auto
+    falling back to the CPU beside an unusable GPU says so in one warning (rank 0 under torchrun)."""
     if name not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     reason = unusable_gpu()
@@ -137,9 +136,9 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
         raise UsageError(f"--device cuda asked for, but no CUDA device is available{why}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-        if reason and world.main:
+        if reason and int(os.environ.get("RANK", "0")) == 0:
             warnings.warn(f"an NVIDIA GPU is present but {reason}: running on the CPU", stacklevel=2)
-    return torch.device(name, world.local_rank) if name == "cuda" and world.parallel else torch.device(name)
+    return torch.device(name)
 
 
 def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
@@ -191,7 +190,7 @@ class Run:
                 )
         device = resolve_device(cfg.device)
         world = init_world(device.type)  # torchrun: join the process group
-        if world.parallel and device.type == "cuda":
+        if world.parallel and device.type == "cuda":  # the rank's own GPU (LOCAL_RANK)
             device = torch.device("cuda", world.local_rank)
         if device.type == "cuda":  # TF32 for fp32 matmuls/convolutions only when asked
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
