@@ -9,7 +9,7 @@ NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0
 # torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see docs/data-parallel.md
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
-.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
+.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ train-gan-ddp: setup  ## train-gan on NPROC data-parallel processes
 eval-gan: setup  ## score a finished GAN run against the real data: RUN/report.md (make eval-gan RUN=runs/...)
 	@test -n "$(RUN)" || { echo "usage: make eval-gan RUN=<gan run dir> [ARGS=--vae-run runs/vae-...]"; exit 2; }
 	$(PY) -m experiments.eval_gan $(RUN) $(ARGS)
+
+compare-gan-losses: setup  ## every GAN loss x 3 seeds on one architecture and budget: docs/gan-losses.md
+	$(PY) -m experiments.gan_losses $(ARGS)
+
+PHOTOS ?= data/photo-crops
+train-gan-photos: setup  ## a 64x64 RGB GAN on crops of matplotlib's sample photographs, scored by SWD
+	@test -d $(PHOTOS) || $(PY) -m experiments.photo_crops $(PHOTOS)
+	$(PY) -m experiments.gan --dataset imagefolder --image-folder $(PHOTOS) $(ARGS)
 
 train-classifier: setup  ## retrain the FID/IS feature classifiers committed in models/weights/
 	$(PY) -m experiments.classifier --dataset mnist --epochs 8 --target-accuracy 0.993 $(ARGS)

@@ -18,7 +18,7 @@ from models import build_ae, build_gan, build_vae
 
 VAE_LATENT = 20  # experiments.vae's default
 AE_LATENT = 16  # experiments.ae's default
-GAN_LATENT, GAN_WIDTH = 100, 32  # experiments.gan's defaults
+GAN_LATENT, GAN_WIDTH = 100, 32  # the DCGAN case: z=100, a narrower width than experiments.gan (64)
 BATCHES = (128, 1024)
 PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}
 COMPILES = {"cpu": ("eager", "compiled"), "cuda": ("eager", "compiled", "cudagraphs")}
@@ -77,7 +77,7 @@ def _conv_ae(spec: Spec, compile, donate):
 
 
 def _dcgan(spec: Spec, compile, donate):
-    """experiments/gan.py's wiring with its defaults (non-saturating loss, Adam(2e-4, b1=0.5))."""
+    """experiments/gan.py's wiring, 2015 DCGAN recipe (BatchNorm D, non-saturating, Adam(2e-4, b1=0.5))."""
     gen, disc = (m.to(spec.device) for m in build_gan("dcgan", (1, 28, 28), GAN_LATENT, GAN_WIDTH))
     g_opt, d_opt = (engine.adam(2e-4, b1=0.5) for _ in range(2))
     step = engine.make_gan_step(

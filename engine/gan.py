@@ -41,7 +41,7 @@ def _prefixed(prefix: str, metrics: dict) -> dict:
 
 
 def make_gan_step(
-    generate: Callable,
+    generate: Callable,  # (gen_params, gen_buffers, z, y or None) -> (images, gen_buffers)
     disc_loss: Callable,
     gen_loss: Callable,
     gen_opt: Optimizer,
@@ -58,10 +58,12 @@ def make_gan_step(
     """Build `step(state, batch) -> (state, metrics)` for a GAN.
 
     batch["x"] holds n_disc * B real images in [0, 1] and batch["z"] n_disc * B latent draws
-    (batch["u"] too for WGAN-GP). Discriminator update i sees real chunk i against G(z chunk i);
-    the generator update reuses the last chunk's z, as pytorch/examples' DCGAN reuses its fake
-    batch. Each player's update is the single-model pure step of engine.step (gradient, fp16 loss
-    scaling, optimizer), so both share its precision policy; the whole thing is one compiled region.
+    (batch["y"], labels, and batch["u"] for WGAN-GP too). Discriminator update i sees real chunk i
+    against generate(z chunk i, y chunk i): fakes are asked for the real chunk's labels, so a
+    conditional GAN sees them at the data's class frequencies. The generator update reuses the last
+    chunk (z, y and x), as pytorch/examples' DCGAN reuses its fake batch. Each player's update is
+    the single-model pure step of engine.step (gradient, fp16 loss scaling, optimizer), so both
+    share its precision policy; the whole thing is one compiled region.
     all_reduce: as make_train_step's, once per player update.
     """
     if n_disc < 1:
@@ -74,15 +76,16 @@ def make_gan_step(
         gen, disc = state.gen, state.disc
         device_type = gen.step.device.type
         taken = state.gen.step.clone()  # steps before this one (a donated update overwrites gen.step)
-        chunks = {k: batch[k].chunk(n_disc) for k in ("x", "z", "u") if k in batch}
+        chunks = {k: v.chunk(n_disc) for k, v in batch.items()}
         for i in range(n_disc):
+            part = {k: v[i] for k, v in chunks.items()}
             with torch.no_grad(), autocast(precision, device_type):
-                fake, gen_buffers = generate(gen.params, gen.buffers, chunks["z"][i])  # (B, C, H, W)
+                fake, gen_buffers = generate(gen.params, gen.buffers, part["z"], part.get("y"))
             # BatchNorm statistics come back out (donated: into the state's own buffers)
             gen = gen._replace(buffers=write_state(gen.buffers, gen_buffers, donate))
-            d_batch = {k: v[i] for k, v in chunks.items() if k != "z"}
+            d_batch = {k: v for k, v in part.items() if k != "z"}
             disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
-        g_batch = {"z": chunks["z"][-1], "disc_params": disc.params, "disc_buffers": disc.buffers}
+        g_batch = {**part, "disc_params": disc.params, "disc_buffers": disc.buffers}
         gen, g_metrics = g_update(gen, g_batch)
         ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}

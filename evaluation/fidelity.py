@@ -12,20 +12,37 @@ from harness.world import World, gather_rows
 SAMPLE_BATCH = 500  # generator batch when sampling for scores (BatchNorm runs on batch statistics)
 
 
+def sample_labels(n: int, classes: int, device) -> torch.Tensor | None:
+    """The labels a conditional generator is asked for when sampled for scores: 0, 1, ..., classes-1,
+    0, 1, ... (balanced); None for an unconditional one."""
+    return torch.arange(n, device=device) % classes if classes else None
+
+
 @torch.no_grad()
 def sample_images(
-    generate, params, buffers, n: int, latent_dim: int, seed: int, batch: int = SAMPLE_BATCH, rows=None
+    generate,
+    params,
+    buffers,
+    n: int,
+    latent_dim: int,
+    seed: int,
+    batch: int = SAMPLE_BATCH,
+    rows=None,
+    classes=0,
 ):
-    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed` (only z[rows] if given).
+    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed` (only z[rows] if given),
+    and for a conditional generator (classes > 0) the labels of sample_labels.
 
-    generate(params, buffers, z) -> (images in [-1, 1], buffers). BatchNorm runs on batch statistics,
-    as pytorch/examples' DCGAN samples; the returned buffers are dropped, so nothing is mutated.
+    generate(params, buffers, z, y) -> (images in [-1, 1], buffers). BatchNorm runs on batch
+    statistics, as pytorch/examples' DCGAN samples; the returned buffers are dropped, so nothing is mutated.
     """
     device = next(iter(params.values())).device
     z = torch.randn(n, latent_dim, generator=torch.Generator(device=device).manual_seed(seed), device=device)
-    z = z if rows is None else z[rows]
+    y = sample_labels(n, classes, device)
+    z, y = (z, y) if rows is None else (z[rows], None if y is None else y[rows])
     n = len(z)
-    out = [generate(params, buffers, z[i : i + batch])[0].float() for i in range(0, n, batch)]
+    parts = [(z[i : i + batch], None if y is None else y[i : i + batch]) for i in range(0, n, batch)]
+    out = [generate(params, buffers, zi, yi)[0].float() for zi, yi in parts]
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
@@ -52,17 +69,47 @@ class RealReference:
         feats, logits = self.embed(images)
         return compare_features(self.features, feats, logits, recall)
 
-    def score_generator(self, generate, params, buffers, n, latent_dim, seed, recall=True, world=World()):
+    def floor_fid(self, train: Dataset, n: int, seed: int) -> float:
+        """FID of n training images against the test split: what a perfect generator would score with
+        n samples (the bias of FID grows as n shrinks); computed once per (n, seed)."""
+        floors = self.__dict__.setdefault("_floors", {})
+        if (n, seed) not in floors:
+            floors[n, seed] = self.score(random_subset(train, n, seed), recall=False)["fid"]
+        return floors[n, seed]
+
+    def score_generator(
+        self, generate, params, buffers, n, latent_dim, seed, recall=True, world=World(), classes=0
+    ):
         """score() of n images sampled with `seed`. Data parallel: each rank samples and embeds its
         own 1/size of them, and the features and logits are gathered onto every rank."""
         chunks = -(-n // SAMPLE_BATCH)  # whole sampling batches per rank: BatchNorm sees the same ones
         first, last = (chunks * r // world.size * SAMPLE_BATCH for r in (world.rank, world.rank + 1))
         rows = slice(first, min(last, n))
         if rows.start < rows.stop:
-            images = sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows)
+            images = sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows, classes=classes)
             feats, logits = self.embed(images)
         else:  # more ranks than sampling batches
             feats, logits = self.features[:0], self.logits[:0]
         if world.parallel:
             feats, logits = gather_rows(feats), gather_rows(logits)
         return compare_features(self.features, feats, logits, recall)
+
+
+def class_coverage(logits: torch.Tensor, real_labels: torch.Tensor, classes: int = 10) -> dict:
+    """Mode coverage of generated images from the classifier's logits (N, classes): the share of
+    each predicted class, KL(generated || real) of those shares against the real labels' class
+    frequencies (0 when they match; log(classes / k) when k equally used classes remain), and the
+    rarest class with its share (0: a missing mode)."""
+    gen = torch.bincount(logits.argmax(1).cpu(), minlength=classes).double() / len(logits)
+    real = torch.bincount(real_labels.cpu().long(), minlength=classes).double() / len(real_labels)
+    kl = torch.where(gen > 0, gen * (gen / real).log(), 0.0).sum()
+    rarest = int(gen.argmin())
+    return {
+        "class_shares": gen.tolist(), "real_shares": real.tolist(), "class_kl": float(kl),
+        "rarest_class": rarest, "rarest_share": float(gen[rarest]),
+    }  # fmt: skip
+
+
+def label_agreement(logits: torch.Tensor, requested: torch.Tensor) -> float:
+    """How often the classifier's prediction equals the label a conditional generator was asked for."""
+    return float((logits.argmax(1).cpu() == requested.cpu()).double().mean())

@@ -91,13 +91,22 @@ def plot_latents(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path, tit
     plt.close(fig)
 
 
-def plot_bars(values: list[float], path, title: str, xlabel: str, ylabel: str) -> None:
-    """A bar per entry (e.g. KL per latent dimension)."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(values) + 2), 3.6))
-    ax.bar(range(len(values)), values, color="tab:blue")
+def plot_bars(
+    values: list[float] | dict[str, list[float]], path, title: str, xlabel: str, ylabel: str
+) -> None:
+    """A bar per entry (e.g. KL per latent dimension); a dict of equal-length lists: grouped bars,
+    one colour per key, with a legend (e.g. class shares of generated and real images)."""
+    series = values if isinstance(values, dict) else {"": values}
+    n = len(next(iter(series.values())))
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * n * len(series) + 2), 3.6))
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(n)], vals, width, label=name or None)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, axis="y")
+    if len(series) > 1:
+        ax.legend()
     _save(fig, path)
 
 
@@ -155,3 +164,31 @@ def save_gif(frames: list[torch.Tensor], path, duration_ms: int = 400, nrow: int
         grid = _grid(frame, nrow).mul(255).round().to(torch.uint8)  # (3, H, W)
         images.append(Image.fromarray(grid[0].numpy() if grey else grid.permute(1, 2, 0).numpy()))
     images[0].save(Path(path), save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+
+
+QUALITY = [("fid", "FID (lower is better)"), ("precision", "precision"), ("recall", "recall")]
+
+
+def plot_quality_vs_time(
+    curves: dict[str, list[dict]], path, title: str, floor: float | None = None, metrics=QUALITY
+) -> None:
+    """Scores of probes.jsonl records against wall-clock seconds (top) and images seen (bottom), one
+    line per labelled run, one panel per (key, label) of `metrics` (the first on a log scale);
+    `floor`: the first metric's real-vs-real value, dashed, with 5x it dotted."""
+    fig, axes = plt.subplots(2, len(metrics), figsize=(5 * len(metrics), 7.2), squeeze=False)
+    for row, (x_key, x_label) in enumerate((("wall_s", "wall-clock seconds"), ("images", "images seen"))):
+        for ax, (key, label) in zip(axes[row], metrics):
+            for name, records in curves.items():
+                points = [(r[x_key], r[key]) for r in records if key in r]
+                if points:
+                    ax.plot(*zip(*points), "-o", markersize=3, label=name)
+            if key == metrics[0][0]:
+                ax.set_yscale("log")
+                if floor:
+                    ax.axhline(floor, color="grey", linestyle="--", label=f"floor {floor:.2f}")
+                    ax.axhline(5 * floor, color="grey", linestyle=":", label="5x floor")
+            ax.set(xlabel=x_label, ylabel=label, title=label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)

@@ -4,20 +4,31 @@ eval.json, a nearest-neighbour grid and report.md into it (`make eval-gan RUN=di
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evaluation.autoencoders import decode, load_trained
-from evaluation.fidelity import RealReference, random_subset, sample_images
-from evaluation.plots import save_image_rows
-from evaluation.quality import inception_score, nearest_neighbours
+from evaluation.fidelity import (
+    RealReference,
+    class_coverage,
+    label_agreement,
+    random_subset,
+    sample_images,
+    sample_labels,
+)
+from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows
+from evaluation.quality import compare_features, inception_score, nearest_neighbours
+from evaluation.swd import SWDReference
 from experiments.gan import CLASSIFIED, GANConfig
-from harness import Config, DataError, UsageError, main_guard, option, parse_config, resolve_device
+from harness import Config, DataError, main_guard, option, parse_config, resolve_device
 from harness.config import DEVICES
 from harness.run import TEST_SEED, load_splits
+from harness.rundir import PROBES, read_metrics
 from losses.gan import make_gan_loss
 from models.gan import build_gan
 
@@ -26,6 +37,11 @@ FIGURES = [  # (file written by training, caption)
     ("losses_per_step.png", "losses and D outputs per step (faint: raw; solid: smoothed)"),
     ("losses_per_epoch.png", "losses and D outputs per epoch"),
     ("fid_is.png", "FID and IS of the EMA generator after each epoch"),
+    ("swd.png", "SWD of the EMA generator after each epoch"),
+    (
+        "quality_vs_time.png",
+        "FID, precision and recall of the EMA generator against wall-clock time and images",
+    ),
     ("progress.gif", "the fixed-z grid after each epoch"),
 ]
 
@@ -37,10 +53,12 @@ def load_generator(run_dir: Path, device):
     if saved.pop("experiment", None) != "gan" or not (run_dir / "generator.safetensors").exists():
         raise DataError(f"{run_dir} is not a finished GAN run (config.json and generator.safetensors)")
     cfg = GANConfig(**saved)
-    if cfg.dataset not in CLASSIFIED:
-        raise UsageError(f"eval-gan scores against {' or '.join(CLASSIFIED)}; this run used {cfg.dataset}")
-    gen, disc = build_gan(cfg.arch, (1, 28, 28), cfg.latent_dim, cfg.width)
-    weights = load_file(str(run_dir / "generator.safetensors"), device=str(device))
+    shape = (1, 28, 28) if cfg.dataset in CLASSIFIED else (cfg.channels, cfg.image_size, cfg.image_size)
+    gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
+    # committed generators are stored in fp16 (half the size); sampling runs in float32
+    weights = {
+        k: v.float() for k, v in load_file(str(run_dir / "generator.safetensors"), device=str(device)).items()
+    }
     gen.load_state_dict(weights, strict=True)  # checks every name and shape
     params = {k: v for k, v in weights.items() if k in dict(gen.named_parameters())}
     buffers = {k: v for k, v in weights.items() if k not in params}
@@ -65,9 +83,16 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
     """The metric table rows and the nearest-neighbour grid."""
     cfg, generate, params, buffers = load_generator(run_dir, device)
     train, test = load_splits(cfg, device)
+    if cfg.dataset not in CLASSIFIED:
+        return evaluate_folder(cfg, generate, params, buffers, train, test)
     reference = RealReference(cfg.dataset, test, device)
-    fake = sample_images(generate, params, buffers, n, cfg.latent_dim, TEST_SEED)
-    rows = {f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": reference.score(fake)}
+    fake = sample_images(generate, params, buffers, n, cfg.latent_dim, TEST_SEED, classes=cfg.classes)
+    fake_feats, fake_logits = reference.embed(fake)
+    rows = {
+        f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": compare_features(
+            reference.features, fake_feats, fake_logits
+        )
+    }
     floor = random_subset(train, n, TEST_SEED)
     rows["real training images (the floor)"] = reference.score(floor)
     if vae_run is not None:
@@ -75,9 +100,22 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
         rows[name] = reference.score(images)
     is_test, is_test_std = inception_score(reference.logits)
     rows["real test images (vs themselves)"] = {"fid": 0.0, "is": is_test, "is_std": is_test_std}
+    coverage = class_coverage(fake_logits, test.labels)
+    title = f"{cfg.dataset}: classes of {n:,} generated images (classifier) and of the test split"
+    shares = {"generated": coverage["class_shares"], "real (test labels)": coverage["real_shares"]}
+    plot_bars(shares, run_dir / "class_histogram.png", title, "class", "share")
+    result = {"dataset": cfg.dataset, "samples": n, "rows": rows, "coverage": coverage}
+    if cfg.conditional:
+        requested = sample_labels(n, cfg.classes, device)
+        result["label_agreement"] = label_agreement(fake_logits, requested)
+        per_class = [fake[requested == c][:12] for c in range(cfg.classes)]
+        title = f"{cfg.dataset}: 12 samples per requested class (one row each)"
+        save_image_rows(
+            per_class, [f"class {c}" for c in range(cfg.classes)], run_dir / "per_class.png", title
+        )
     # nearest training image in feature space for the first 16 generated samples
     train_feats, _ = reference.embed(floor)
-    gen_feats, _ = reference.embed(fake[:16])
+    gen_feats = fake_feats[:16]
     nn_idx = nearest_neighbours(gen_feats, train_feats, k=1)[:, 0].to(floor.device)
     save_image_rows(
         [fake[:16], floor[nn_idx]],
@@ -85,10 +123,45 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
         run_dir / "nearest_neighbours.png",
         f"{cfg.dataset}: generated samples and their nearest of {n:,} training images (classifier features)",
     )
-    return {"dataset": cfg.dataset, "samples": n, "rows": rows}
+    return result
+
+
+def evaluate_folder(cfg, generate, params, buffers, train, test) -> dict:
+    """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
+    those held-out images, beside the floor (as many training images against them)."""
+    reference = SWDReference(test, train, TEST_SEED)
+    fake = sample_images(generate, params, buffers, len(reference), cfg.latent_dim, TEST_SEED)
+    score = {k: v for k, v in reference.score(fake).items() if k != "swd_floor"}
+    rows = {
+        f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
+        "training images (the floor)": reference.floor,
+    }
+    return {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd"}
+
+
+def write_folder_report(run_dir: Path, result: dict) -> None:
+    rows = result["rows"]
+    levels = [k for k in next(iter(rows.values())) if k != "swd"]
+    lines = [
+        f"# GAN evaluation: {run_dir}",
+        "",
+        f"Multi-scale sliced Wasserstein distance (x 1e3; Karras et al. 2018) on 7x7 Laplacian-pyramid "
+        f"patches of {result['samples']:,} images per row against the {result['samples']:,} images held out "
+        f"of {result['dataset']} (never trained on); lower is better, the floor is what the training "
+        "images themselves score.",
+        "",
+        "| images | SWD (mean) | " + " | ".join(levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['swd']:.2f} | " + " | ".join(f"{r[k]:.2f}" for k in levels) + " |")
+    lines += [""] + [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def write_report(run_dir: Path, result: dict) -> None:
+    if result.get("metric") == "swd":
+        return write_folder_report(run_dir, result)
     rows, floor = result["rows"], result["rows"]["real training images (the floor)"]["fid"]
     lines = [
         f"# GAN evaluation: {run_dir}",
@@ -106,6 +179,28 @@ def write_report(run_dir: Path, result: dict) -> None:
         lines.append(
             f"| {name} | {r['fid']:.3f} | {ratio} | {r['is']:.2f} ± {r['is_std']:.2f} | {pr[0]} | {pr[1]} |"
         )
+    cov = result["coverage"]
+    lines += [
+        "",
+        "## Mode coverage",
+        "",
+        f"Classes of the generated images under the classifier: KL(generated || real class frequencies) "
+        f"= {cov['class_kl']:.4f} nats (0: the test split's frequencies; {math.log(10):.2f}: one class "
+        f"only); rarest class {cov['rarest_class']} at {cov['rarest_share']:.1%} of the samples "
+        f"(real: {cov['real_shares'][cov['rarest_class']]:.1%}).",
+        "",
+        "![class histogram](class_histogram.png)",
+    ]
+    if "label_agreement" in result:
+        lines += [
+            "",
+            "## Conditional generation",
+            "",
+            f"The classifier agrees with the requested label for {result['label_agreement']:.2%} of "
+            f"{result['samples']:,} samples (labels 0-9 in turn).",
+            "",
+            "![one row per class](per_class.png)",
+        ]
     lines += ["", "![nearest neighbours](nearest_neighbours.png)", ""]
     lines += [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
@@ -117,21 +212,65 @@ class EvalGANConfig(Config):
     vae_run: str = option("", "a finished VAE run to score beside the GAN (empty: none)")
     samples: int = option(10000, "images per row (compare_gan: 10,000)")
     device: str = option("auto", "where tensors live", DEVICES)
+    baseline_run: str = option("", "another GAN run whose probes.jsonl curve is drawn beside this one's")
+    export: str = option(
+        "", "also copy the generator (fp16) and config.json here, a folder eval-gan can score"
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.require(self.samples >= 10, "--samples must be at least 10")
 
 
+def _label(run_dir: Path) -> str:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    recipe = f"{cfg['loss']}" + (f" + R1 {cfg.get('r1_gamma')}" if cfg.get("r1_gamma") else "")
+    recipe += ", BatchNorm D" if cfg.get("disc_norm", True) else ""
+    return f"{run_dir.name}: {recipe}, lr {cfg['lr']:g}, batch {cfg['batch_size']}"
+
+
+def plot_against_baseline(run_dir: Path, baseline: Path) -> None:
+    """quality_vs_baseline.png: both runs' probe curves (FID, precision, recall) on one figure."""
+    curves = {_label(r): read_metrics(r, PROBES) for r in (run_dir, baseline)}
+    if not all(curves.values()):
+        raise DataError(f"both runs need a probes.jsonl ({run_dir}, {baseline}); train with --probe-every")
+    title = "the EMA generator's quality against time, two recipes"
+    plot_quality_vs_time(curves, run_dir / "quality_vs_baseline.png", title)
+
+
+def export_generator(run_dir: Path, out: Path) -> None:
+    """The run's EMA generator in fp16 (half the bytes; sampling converts back to float32) with its
+    config.json (all that load_generator, hence `make eval-gan RUN=out`, needs) and its figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(run_dir / "generator.safetensors"))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(half, str(out / "generator.safetensors"), metadata={"format": "weights", "dtype": "float16"})
+    for name in ["config.json", *(f for f, _ in FIGURES)]:  # the training figures the report shows
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out / name)
+
+
 @main_guard
 def main(argv=None):
     args, _ = parse_config(EvalGANConfig, argv, "python -m experiments.eval_gan", __doc__)
     run_dir, vae_run = Path(args.run_dir), Path(args.vae_run) if args.vae_run else None
+    if args.baseline_run:  # before the export, which copies the figure
+        plot_against_baseline(run_dir, Path(args.baseline_run))
+    if args.export:  # before scoring: the exported fp16 copy is what gets scored and reported
+        export_generator(run_dir, Path(args.export))
+        run_dir = Path(args.export)
     result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device))
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(run_dir, result)
     for name, r in result["rows"].items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    if "coverage" not in result:
+        return result
+    cov = result["coverage"]
+    rarest = f"rarest class {cov['rarest_class']} {cov['rarest_share']:.2%}"
+    print(f"mode coverage: KL {cov['class_kl']:.4f}, {rarest}")
+    if "label_agreement" in result:
+        print(f"label agreement (conditional): {result['label_agreement']:.2%}")
     print(f"wrote {run_dir / 'report.md'}")
     return result
 

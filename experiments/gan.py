@@ -9,11 +9,18 @@ from torchvision.utils import save_image
 
 import engine
 from evaluation.fidelity import RealReference, sample_images
-from evaluation.plots import plot_curves, plot_step_curves, save_gif, save_grids_side_by_side
+from evaluation.plots import (
+    plot_curves,
+    plot_quality_vs_time,
+    plot_step_curves,
+    save_gif,
+    save_grids_side_by_side,
+)
+from evaluation.swd import SWDReference
 from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
 from harness.config import DATASET_NAMES
 from harness.run import TEST_SEED
-from harness.rundir import STEPS
+from harness.rundir import PROBES, STEPS
 from losses.gan import GAN_LOSSES, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
 
@@ -22,25 +29,35 @@ CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, 
 
 @dataclass(frozen=True)
 class GANConfig(RunConfig):
-    RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid")
+    RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid", "probe_every", "probe_samples")
 
     dataset: str = option("mnist", "data set (imagefolder: --image-folder)", CLASSIFIED + ("imagefolder",))
-    epochs: int = option(5, "passes over the training set (one generator step per batch)")
-    lr: float = option(2e-4, "Adam learning rate of both players (DCGAN: 2e-4)")
+    epochs: int = option(8, "passes over the training set (one generator step per batch)")
+    batch_size: int = option(64, "images per discriminator update")
+    lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
+    d_lr: float = option(0.0, "discriminator learning rate (0: --lr; above it: TTUR, Heusel et al. 2017)")
     arch: str = option("dcgan", "networks: dcgan (28x28 or 64x64) or mlp", GAN_ARCHS)
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
+    r1_gamma: float = option(0.1, "weight gamma of the R1 penalty gamma/2 E|grad D(x)|^2 (0: off)")
+    r1_batch: int = option(16, "real images per batch the R1 penalty is estimated on (0: all)")
+    disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
+    conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
     latent_dim: int = option(100, "size of the generator's input z")
     width: int = option(64, "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width")
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
-    b1: float = option(0.5, "Adam beta1 of both players (DCGAN: 0.5)")
-    b2: float = option(0.999, "Adam beta2 of both players (WGAN-GP: 0.9)")
+    b1: float = option(0.5, "Adam beta1 of both players (DCGAN: 0.5; StyleGAN: 0)")
+    b2: float = option(0.99, "Adam beta2 of both players (DCGAN: 0.999; WGAN-GP: 0.9)")
     gp_weight: float = option(10.0, "gradient-penalty weight for --loss wgan-gp")
     ema_decay: float = option(0.999, "decay of the generator-weight EMA used for samples and scores")
     image_folder: str = option("", "folder of images for --dataset imagefolder (searched recursively)")
     image_size: int = option(64, "imagefolder: images resized and centre-cropped to this (28 or 64)")
     channels: int = option(3, "imagefolder: 3 (RGB) or 1 (grey)", (1, 3))
     max_pixels: int = option(40_000_000, "imagefolder: skip larger images unread (with a warning)")
-    eval_samples: int = option(10000, "generated images scored against the test split each epoch (0: none)")
+    eval_samples: int = option(
+        10000, "images scored against the test split each epoch (0: none; folders: SWD)"
+    )
+    probe_every: int = option(500, "steps between quick scores of the EMA generator (0: none)")
+    probe_samples: int = option(2000, "images per quick score: each epoch's and every --probe-every steps'")
     target_fid: float = option(0.0, "exit 1 if the final FID is above this (0: no target)")
 
     def __post_init__(self):
@@ -49,12 +66,24 @@ class GANConfig(RunConfig):
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         ok = self.n_disc >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
+        ok = self.r1_gamma >= 0 and self.r1_batch >= 0 and self.d_lr >= 0 and self.probe_every >= 0
+        self.require(ok, "--r1-gamma, --r1-batch, --d-lr and --probe-every must be >= 0")
+        self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
+        penalised = self.loss == "wgan-gp" or self.r1_gamma > 0
+        why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
+        self.require(not (self.disc_norm and penalised), why)
         scored = self.dataset in CLASSIFIED and self.eval_samples > 0
         need = "--target-fid needs --dataset mnist or fashion-mnist and --eval-samples > 0"
         self.require(not self.target_fid or scored, need)
+        self.require(not self.conditional or self.dataset in CLASSIFIED, "--conditional needs labelled data")
+
+    @property
+    def classes(self) -> int:
+        """Classes a conditional GAN is asked for (0: unconditional)."""
+        return 10 if self.conditional else 0
 
     def tag(self) -> str:
-        return f"{self.arch}-{self.loss}"
+        return f"{self.arch}-{self.loss}" + ("-cond" if self.conditional else "")
 
 
 def save_plots(run: Run, gan, state, reference) -> None:
@@ -67,14 +96,30 @@ def save_plots(run: Run, gan, state, reference) -> None:
     epoch_panels = [("discriminator loss", "d_loss"), ("generator loss", "g_loss")]
     epoch_panels += [("D(x)", "d_real"), ("D(G(z))", "d_fake")]
     plot_curves(records, epoch_panels, d / "losses_per_epoch.png", tag)
-    if reference is not None:
+    if any("test_fid" in r for r in records):
         plot_curves(records, [("FID vs test (lower is better)", "fid"), ("IS", "is")], d / "fid_is.png", tag)
-    fixed = sample_images(gan.generate, state.ema, state.gen.buffers, 64, cfg.latent_dim, cfg.seed)
-    (d / "grids").mkdir(exist_ok=True)
-    save_image(fixed, d / "grids" / f"epoch-{records[-1]['epoch']:03d}.png", nrow=8, padding=2)
-    frames = [read_image(str(p))[None].float() / 255 for p in sorted((d / "grids").glob("epoch-*.png"))]
-    save_gif(frames, d / "progress.gif", nrow=1)
-    real = to_unit(run.test.images[:64])
+    if any("test_swd" in r for r in records):
+        plot_curves(records, [("SWD x 1e3 vs held-out images (lower is better)", "swd")], d / "swd.png", tag)
+    probes = read_metrics(d, PROBES)
+    if probes and "fid" in probes[-1]:
+        title = f"{tag}: EMA generator, {cfg.probe_samples:,} samples"
+        floor = reference.floor_fid(run.train, cfg.probe_samples, TEST_SEED)  # at the probes' sample size
+        plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, floor)
+    elif probes:
+        title = f"{tag}: EMA generator, SWD on {len(reference):,} held-out images"
+        swd = [("swd", "SWD x 1e3 (lower is better)")]
+        plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, reference.floor["swd"], swd)
+    # the fixed grid: 64 draws; conditional: 80, one row of 8 per class
+    fixed = sample_images(gan.generate, state.ema, state.gen.buffers, 80 if cfg.conditional else 64,
+                          cfg.latent_dim, cfg.seed, classes=cfg.classes)  # fmt: skip
+    if cfg.conditional:  # sample_labels cycles 0..9: column-major into rows of one class each
+        fixed = fixed.view(8, 10, *fixed.shape[1:]).transpose(0, 1).reshape(80, *fixed.shape[1:])
+    if records:  # one grid per finished epoch (a --max-steps run may stop before the first)
+        (d / "grids").mkdir(exist_ok=True)
+        save_image(fixed, d / "grids" / f"epoch-{records[-1]['epoch']:03d}.png", nrow=8, padding=2)
+        frames = [read_image(str(p))[None].float() / 255 for p in sorted((d / "grids").glob("epoch-*.png"))]
+        save_gif(frames, d / "progress.gif", nrow=1)
+    real = to_unit(run.test.images[: len(fixed)])
     source = "test split" if cfg.dataset in CLASSIFIED else "the folder"
     grids = [("generated (EMA generator, fixed z)", fixed), (f"real ({source})", real)]
     save_grids_side_by_side(grids, d / "samples_vs_real.png", tag)
@@ -86,28 +131,41 @@ def main(argv=None):
     cfg = run.config
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
-        gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, disc_norm=cfg.loss != "wgan-gp")
+        gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     gen, disc = gen.to(run.device), disc.to(run.device)
-    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight)
-    g_opt, d_opt = (engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2) for _ in range(2))
+    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch)
+    g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
+    d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
     step = engine.make_gan_step(
         *gan, g_opt, d_opt, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
         precision=cfg.precision, compile=cfg.compile, donate=cfg.donate, all_reduce=run.all_reduce,
     )  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
-    scored = cfg.dataset in CLASSIFIED and cfg.eval_samples > 0
-    reference = RealReference(cfg.dataset, run.test, run.device) if scored else None
+    classified = cfg.dataset in CLASSIFIED
+    if classified:  # the project's classifier: FID, IS, precision, recall against the test split
+        reference = RealReference(cfg.dataset, run.test, run.device)
+    else:  # an image folder: the multi-scale SWD against its held-out images, with its floor
+        reference = SWDReference(run.test, run.train, TEST_SEED)
 
-    def evaluate(state, recall=False) -> dict[str, float]:
-        """FID and IS of eval_samples EMA-generator images against the test split (fixed z)."""
-        if reference is None:
-            return {}
-        n, z, world = cfg.eval_samples, cfg.latent_dim, run.world  # sharded over torchrun's ranks
+    def score(state, n: int, recall: bool) -> dict[str, float]:
+        """Scores of n EMA-generator images (fixed z; an image folder: as many as it holds out)."""
+        z, world = cfg.latent_dim, run.world  # classifier scores: sharded over torchrun's ranks
+        if not classified:
+            return reference.score(
+                sample_images(gan.generate, state.ema, state.gen.buffers, len(reference), z, TEST_SEED)
+            )
         return reference.score_generator(
-            gan.generate, state.ema, state.gen.buffers, n, z, TEST_SEED, recall, world
+            gan.generate, state.ema, state.gen.buffers, n, z, TEST_SEED, recall, world, cfg.classes
         )
+
+    def evaluate(state) -> dict[str, float]:
+        """After each epoch: a quick score on --probe-samples images (the full one is the final's)."""
+        return score(state, cfg.probe_samples, False) if cfg.eval_samples else {}
+
+    def probe(state) -> dict[str, float]:
+        return {k: v for k, v in score(state, cfg.probe_samples, True).items() if k != "is_std"}
 
     state = run.fit(
         step,
@@ -116,13 +174,18 @@ def main(argv=None):
         evaluate,
         on_epoch_end=lambda s, _: save_plots(run, gan, s, reference),
         log_every=10 if run.device.type == "cpu" else 100,  # a sync point: rarer on a GPU
-        summary=("train_d_loss", "train_g_loss", "test_fid", "test_is"),
+        summary=("train_d_loss", "train_g_loss", "test_fid", "test_is", "test_swd"),
+        probe=probe,
     )
     weights = {
         "generator": (state.ema, state.gen.buffers),
         "discriminator": (state.disc.params, state.disc.buffers),
     }
-    return run.finish(state, lambda s: evaluate(s, recall=True), weights, target_key="fid")
+    final = run.finish(
+        state, lambda s: score(s, cfg.eval_samples, True) if cfg.eval_samples else {}, weights, "fid"
+    )
+    save_plots(run, gan, state, reference)  # the probes written since the last epoch's plots
+    return final
 
 
 if __name__ == "__main__":

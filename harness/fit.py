@@ -16,9 +16,11 @@ from engine.state import flatten_state
 from harness.loader import Loader
 from harness.rundir import (
     METRICS,
+    PROBES,
     STEPS,
     append_record,
     list_checkpoints,
+    read_metrics,
     remove_stale_temps,
     stack_history,
     trim_logs,
@@ -136,6 +138,7 @@ class LoopOptions:
     skip_nonfinite: bool = False  # skip and count inf/nan updates instead of stopping
     progress: bool = True  # a progress bar on rank 0
     summary: tuple[str, ...] = ("train_loss", "test_loss")  # record keys printed after each epoch
+    probe_every: int = 0  # steps between probe(state) calls (0: none), logged to probes.jsonl
 
 
 def fit(
@@ -147,6 +150,7 @@ def fit(
     *,
     evaluate: Callable | None = None,
     on_epoch_end: Callable | None = None,
+    probe: Callable | None = None,
     history: list[dict] | None = None,
     config: dict | None = None,
     world: World = World(),
@@ -162,6 +166,10 @@ def fit(
     Data parallel (world.size > 1): every rank runs this loop in step with the others (the step and
     evaluate hold the collectives); rank 0 alone writes logs and checkpoints and calls on_epoch_end;
     a signal is agreed on at the log_every sync points, so all ranks stop after the same step.
+
+    probe(state) -> {name: float}, every `probe_every` steps on every rank (it may be sharded): one
+    line in probes.jsonl with the step, the images seen and the wall-clock seconds of the run so far
+    (carried over a resume from the last line kept), for quality-against-time curves.
     """
     opt = options
     run_dir, main = Path(run_dir), world.main
@@ -175,6 +183,7 @@ def fit(
     saver, watch = _Saver(run_dir, loader, config, opt.keep, main), _Watch(opt.skip_nonfinite, len(history))
     log = append_record if main else lambda path, record: None
     stopped = False
+    clock = _RunClock(run_dir)
 
     with _StopFlag() as stop:
         while loader.epoch < opt.epochs and not (opt.max_steps and done >= opt.max_steps):
@@ -199,6 +208,9 @@ def fit(
                     rate = ran * loader.batch_size / (time.perf_counter() - t0)
                     shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                     bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
+                if probe is not None and opt.probe_every and done % opt.probe_every == 0:
+                    images = done * loader.batch_size  # the global batch: real images seen
+                    log(run_dir / PROBES, {"step": done, "images": images, **probe(state), "wall_s": clock()})
                 if opt.checkpoint_every and done % opt.checkpoint_every == 0 and loader.epoch == epoch:
                     watch.check(history, done, saver.last)
                     saver.save(state, done, history)
@@ -229,6 +241,17 @@ def fit(
                     )
                 raise Interrupted(code)
     return state
+
+
+class _RunClock:
+    """Wall-clock seconds of a run across resumes: this process's time plus the last probe's."""
+
+    def __init__(self, run_dir: Path):
+        records = read_metrics(run_dir, PROBES)  # trimmed to the resumed step already
+        self.offset, self.t0 = (records[-1]["wall_s"] if records else 0.0), time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(self.offset + time.perf_counter() - self.t0, 2)
 
 
 def _stopping(stop: _StopFlag, world: World, done: int, log_every: int, device) -> bool:

@@ -141,15 +141,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+HELD_OUT = 0.1  # share of an image folder kept out of training, to score against (at least one image)
+
+
+def held_out_split(data: Dataset, fraction: float = HELD_OUT, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, held out) of a folder's images: a fixed seeded shuffle, the last max(1, fraction * N)
+    held out; a single image is both (nothing to hold out)."""
+    n = len(data.images)
+    if n < 2:
+        return data, data
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.images.device)
+    held = max(1, int(n * fraction))
+    train, test = perm[: n - held], perm[n - held :]
+    return Dataset(data.images[train], data.labels[train]), Dataset(data.images[test], data.labels[test])
+
+
 def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
-    """(train, test) of cfg.dataset on device; an image folder has no held-out split, so both are it."""
+    """(train, test) of cfg.dataset on device; an image folder's test split is its held-out tenth."""
     if cfg.dataset == "imagefolder":
         from harness.imagefolder import load_image_folder  # torchvision's image codecs: only when used
 
         if not cfg.image_folder:
             raise UsageError("--dataset imagefolder needs --image-folder PATH")
         images = load_image_folder(cfg.image_folder, cfg.image_size, cfg.channels, device, cfg.max_pixels)
-        return images, images
+        return held_out_split(images)
     splits = ("train", "test")
     return tuple(load_dataset(cfg.dataset, s, device=device, download=cfg.download) for s in splits)
 
@@ -244,7 +259,9 @@ class Run:
 
         return evaluate
 
-    def fit(self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50, summary=None):
+    def fit(
+        self, step, state, loader, evaluate, on_epoch_end=None, log_every: int = 50, summary=None, probe=None
+    ):
         """harness.fit with this run's flags, continuing from the newest checkpoint when resuming;
         summary: the record keys printed after each epoch (LoopOptions' default if None)."""
         cfg, history = self.config, []
@@ -268,7 +285,7 @@ class Run:
         )
         return fit(
             step, state, loader, self.run_dir, options, evaluate=evaluate, on_epoch_end=on_epoch_end,
-            history=history, config=config, world=self.world,
+            probe=probe, history=history, config=config, world=self.world,
         )  # fmt: skip
 
     def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:

@@ -26,6 +26,7 @@ LATEST = "checkpoint.safetensors"  # run_dir/LATEST: a relative symlink to the n
 FOLDER = "checkpoints"
 METRICS = "metrics.jsonl"  # one record per epoch
 STEPS = "steps.jsonl"  # running means every log_every steps, for per-step curves
+PROBES = "probes.jsonl"  # fit's probe(state) every probe_every steps, with images seen and wall seconds
 LOCK = ".lock"  # held (flock) by the one process writing the run; the kernel drops it when that dies
 _held: dict[Path, int] = {}  # run directory -> this process's open lock file descriptor
 
@@ -200,7 +201,7 @@ def _parse_lines(path: Path) -> list[dict]:
 
 def trim_logs(run_dir: Path, done: int) -> None:
     """Keep only the log records up to step `done`, so a resumed run rewrites what follows exactly."""
-    for name in (METRICS, STEPS):
+    for name in (METRICS, STEPS, PROBES):
         path = run_dir / name
         if not path.exists():
             continue

@@ -1,4 +1,5 @@
-"""GAN objectives on discriminator logits: non-saturating, hinge, least-squares and WGAN-GP."""
+"""GAN objectives on discriminator logits (non-saturating, hinge, least-squares, WGAN-GP, relativistic
+pairing) and the zero-centred R1 gradient penalty."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from engine.functional import call_module
 from engine.state import Aux
 
-GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
+GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp", "relativistic")
 
 
 def _d_metrics(loss, real, fake, prob: bool) -> dict:
@@ -62,12 +63,27 @@ def wasserstein_d(real, fake):
     return loss, _d_metrics(loss, real, fake, prob=False)
 
 
+def relativistic_d(real, fake):
+    """Jolicoeur-Martineau (2019), the pairing of R3GAN (Huang et al. 2024): softplus(f - r), each
+    real image against the fake drawn beside it."""
+    loss = F.softplus(fake - real).mean()
+    return loss, _d_metrics(loss, real, fake, prob=False)
+
+
+def relativistic_g(fake, real):
+    """The generator's side of the pairing: softplus(r - f)."""
+    loss = F.softplus(real - fake).mean()
+    return loss, {"g_loss": loss.detach()}
+
+
 PAIRS = {
     "nonsaturating": (nonsaturating_d, nonsaturating_g),
     "hinge": (hinge_d, critic_g),
     "lsgan": (lsgan_d, lsgan_g),
     "wgan-gp": (wasserstein_d, critic_g),
+    "relativistic": (relativistic_d, relativistic_g),
 }
+PAIRED = ("relativistic",)  # generator losses that also see the real images' logits
 
 
 def uniform_from_normal(n: torch.Tensor) -> torch.Tensor:
@@ -92,6 +108,14 @@ def gradient_penalty(critic, real, fake, u):
     return (norms - 1).square().mean()
 
 
+def r1_penalty(disc, real):
+    """Mescheder et al. (2018): E ||grad_x D(x)||^2 at real x, the zero-centred penalty that makes
+    the non-saturating GAN converge locally. Through torch.func.grad, so the outer gradient with
+    respect to the discriminator's parameters sees it (a double backward inside the one step)."""
+    grads = torch.func.grad(lambda x: _wide(disc(x)).sum())(real)
+    return _wide(grads).flatten(1).square().sum(1).mean()
+
+
 def to_signed(x: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (the loader's scale) -> [-1, 1] (the generator's tanh range)."""
     return x * 2 - 1
@@ -100,37 +124,57 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
 class GANLoss(NamedTuple):
     """The three pure pieces a GAN step needs, each in the engine's loss_fn form."""
 
-    generate: object  # (gen_params, gen_buffers, z) -> (images in [-1, 1], gen_buffers)
-    disc_loss: object  # (disc_params, disc_buffers, {"x", "fake", ["u"]}) -> (loss, Aux)
-    gen_loss: object  # (gen_params, gen_buffers, {"z", "disc_params", "disc_buffers"}) -> (loss, Aux)
+    generate: object  # (gen_params, gen_buffers, z, y) -> (images in [-1, 1], gen_buffers)
+    disc_loss: object  # (disc_params, disc_buffers, {"x", "y", "fake", ["u"]}) -> (loss, Aux)
+    gen_loss: object  # (gen_params, gen_buffers, {"z", "y", "x", "disc_params", "disc_buffers"}) -> ...
 
 
-def make_gan_loss(gen, disc, kind: str = "nonsaturating", gp_weight: float = 10.0) -> GANLoss:
-    """Bind a generator and discriminator module into the pure functions of `kind`."""
+def make_gan_loss(
+    gen, disc, kind: str = "nonsaturating", gp_weight: float = 10.0, r1_gamma: float = 0.0, r1_batch: int = 0
+) -> GANLoss:
+    """Bind a generator and discriminator module into the pure functions of `kind`.
+
+    r1_gamma > 0 adds gamma / 2 * R1 to the discriminator's loss, estimated on the first r1_batch
+    real images of the batch (0: all of them): an unbiased estimate of the same expectation at a
+    fraction of the double backward's cost (the role lazy regularisation plays in StyleGAN2).
+    y (labels) reaches both networks; an unconditional network ignores it.
+    """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
     d_fn, g_fn = PAIRS[kind]
 
-    def generate(params, buffers, z):
-        return call_module(gen, params, buffers, z)
+    def generate(params, buffers, z, y=None):
+        return call_module(gen, params, buffers, z, y)
 
     def disc_loss(params, buffers, batch):
-        real, fake = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype)
+        real, fake, y = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype), batch.get("y")
         # real and fake in separate passes: a BatchNorm discriminator normalises each batch on its own
-        real_logits, buffers = call_module(disc, params, buffers, real)
-        fake_logits, buffers = call_module(disc, params, buffers, fake)
+        real_logits, buffers = call_module(disc, params, buffers, real, y)
+        fake_logits, buffers = call_module(disc, params, buffers, fake, y)
         loss, metrics = d_fn(real_logits.float(), fake_logits.float())
         if kind == "wgan-gp":
             u = uniform_from_normal(batch["u"]).view(-1, *[1] * (real.dim() - 1))  # (B, 1, 1, 1)
-            gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x)[0], real, fake, u)
+            gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x, y)[0], real, fake, u)
             loss = loss + gp_weight * gp
             metrics.update(d_loss=loss.detach(), gp=gp.detach())
+        if r1_gamma > 0:
+            n = r1_batch or len(real)
+            y_n = None if y is None else y[:n]
+            r1 = r1_penalty(lambda x: call_module(disc, params, buffers, x, y_n)[0], real[:n])
+            loss = loss + r1_gamma / 2 * r1
+            metrics.update(d_loss=loss.detach(), r1=r1.detach())
         return loss, Aux(metrics, buffers)
 
     def gen_loss(params, buffers, batch):
-        fake, buffers = call_module(gen, params, buffers, batch["z"])
-        logits, _ = call_module(disc, batch["disc_params"], batch["disc_buffers"], fake)
-        loss, metrics = g_fn(logits.float())
+        y = batch.get("y")
+        fake, buffers = call_module(gen, params, buffers, batch["z"], y)
+        d_params, d_buffers = batch["disc_params"], batch["disc_buffers"]
+        logits, _ = call_module(disc, d_params, d_buffers, fake, y)
+        if kind in PAIRED:
+            real_logits, _ = call_module(disc, d_params, d_buffers, to_signed(batch["x"]), y)
+            loss, metrics = g_fn(logits.float(), real_logits.float().detach())
+        else:
+            loss, metrics = g_fn(logits.float())
         return loss, Aux(metrics, buffers)
 
     return GANLoss(generate, disc_loss, gen_loss)

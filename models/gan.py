@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from einops import rearrange
 from torch import nn
 
@@ -38,13 +39,22 @@ def _down(c_in: int, c_out: int, norm: bool = False) -> list[nn.Module]:
 
 
 class Generator(nn.Module):
-    """z (B, Z) -> images (B, C, H, W) in [-1, 1] (tanh)."""
+    """z (B, Z) [and labels y (B,)] -> images (B, C, H, W) in [-1, 1] (tanh).
 
-    def __init__(self, net: nn.Sequential, latent_dim: int, image_shape: tuple[int, int, int]):
+    classes > 0: conditional; the label's learned embedding (Z numbers) is added to z (Miyato and
+    Koyama 2018 feed it through conditional BatchNorm; an additive input embedding is the smallest
+    form). Unconditional: y is ignored.
+    """
+
+    def __init__(self, net: nn.Sequential, latent_dim: int, image_shape: tuple[int, int, int], classes=0):
         super().__init__()
         self.net, self.latent_dim, self.image_shape = net, latent_dim, tuple(image_shape)
+        self.classes = classes
+        self.embed = nn.Embedding(classes, latent_dim) if classes else None
 
-    def forward(self, z):
+    def forward(self, z, y=None):
+        if self.embed is not None:
+            z = z + self.embed(y)
         if len(self.net) and isinstance(self.net[0], nn.ConvTranspose2d):
             z = rearrange(z, "b z -> b z 1 1")
         out = self.net(z)
@@ -53,14 +63,23 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """images (B, C, H, W) in [-1, 1] -> one logit (or critic score) per image (B,); no sigmoid."""
+    """images (B, C, H, W) in [-1, 1] [and labels y (B,)] -> one logit (or critic score) per image
+    (B,); no sigmoid.
 
-    def __init__(self, net: nn.Sequential):
+    classes > 0: a projection discriminator (Miyato and Koyama 2018): the last layer's input h (the
+    features) adds <embed(y), h> to the unconditional logit. Unconditional: y is ignored.
+    """
+
+    def __init__(self, net: nn.Sequential, classes: int = 0, features: int = 0):
         super().__init__()
-        self.net = net
+        self.net, self.classes = net, classes
+        self.embed = nn.Embedding(classes, features) if classes else None
 
-    def forward(self, x):
-        return self.net(x).flatten(1)[:, 0]  # (B,)
+    def forward(self, x, y=None):
+        if self.embed is None:
+            return self.net(x).flatten(1)[:, 0]  # (B,)
+        h = self.net[:-1](x)  # the features the last layer reads
+        return self.net[-1](h).flatten(1)[:, 0] + (self.embed(y) * h.flatten(1)).sum(1)
 
 
 def dcgan28(latent_dim: int, channels=1, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
@@ -121,9 +140,12 @@ def mlp_gan(latent_dim: int, image_shape, width: int = 256) -> tuple[nn.Sequenti
     return gen, disc
 
 
-def build_gan(arch: str, image_shape, latent_dim: int = 100, width: int = 64, disc_norm: bool = True):
+def build_gan(
+    arch: str, image_shape, latent_dim: int = 100, width: int = 64, disc_norm: bool = True, classes: int = 0
+):
     """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised; disc_norm=False
-    drops the discriminator's BatchNorm (needed by WGAN-GP)."""
+    drops the discriminator's BatchNorm (needed by gradient penalties); classes > 0: conditional
+    (a label embedding in the generator, a projection discriminator)."""
     c, h, w = image_shape
     if arch == "mlp":
         gen, disc = mlp_gan(latent_dim, image_shape, 4 * width)
@@ -133,7 +155,10 @@ def build_gan(arch: str, image_shape, latent_dim: int = 100, width: int = 64, di
         gen, disc = dcgan64(latent_dim, c, width, disc_norm)
     else:
         raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
-    pair = Generator(gen, latent_dim, image_shape), Discriminator(disc)
+    features = disc[:-1](torch.zeros(2, *image_shape))[0].numel() if classes else 0  # the projection's size
+    pair = Generator(gen, latent_dim, image_shape, classes), Discriminator(disc, classes, features)
     for m in pair:
         dcgan_init(m)
+    if classes:
+        nn.init.normal_(pair[1].embed.weight, 0.0, 0.02)  # the projection starts near the unconditional D
     return pair

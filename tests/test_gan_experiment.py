@@ -25,7 +25,16 @@ def mlp_gan_run(data_root, tmp_path_factory):
     """One epoch (937 steps of 64) of the MLP GAN on MNIST, scored on 2,000 samples."""
     run = tmp_path_factory.mktemp("gan") / "run"
     args = ["--no-compile", "--no-progress", "--arch", "mlp", "--batch-size", "64", "--lr", "1e-3"]
+    args += [
+        "--r1-gamma",
+        "0",
+        "--b1",
+        "0.5",
+        "--b2",
+        "0.999",
+    ]  # the recipe the numbers below were measured on
     args += ["--epochs", "1", "--eval-samples", "2000", "--run-dir", run, "--target-fid", "1e6"]
+    args += ["--probe-every", "400", "--probe-samples", "500"]
     run_cli("experiments.gan", args, data_root)
     return run
 
@@ -57,6 +66,11 @@ def test_gan_learns_on_mnist_and_writes_its_run_directory(data_root, mlp_gan_run
     for name in ("losses_per_step.png", "losses_per_epoch.png", "fid_is.png", "samples_vs_real.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG", name
     assert (run / "progress.gif").read_bytes()[:3] == b"GIF"
+    probes = _records(run, "probes.jsonl")  # the quality-against-time curve: every 400 steps
+    assert [(p["step"], p["images"]) for p in probes] == [(400, 400 * 64), (800, 800 * 64)]
+    assert probes[0]["wall_s"] < probes[1]["wall_s"] and probes[1]["fid"] < probes[0]["fid"]
+    assert {"fid", "is", "precision", "recall"} <= probes[0].keys()
+    assert (run / "quality_vs_time.png").read_bytes()[:4] == b"\x89PNG"
     gen.load_state_dict(load_file(str(run / "generator.safetensors")), strict=True)
 
 
@@ -80,31 +94,26 @@ def test_eval_gan_writes_the_table_with_floor_and_vae_rows(data_root, mlp_gan_ru
     assert (mlp_gan_run / "nearest_neighbours.png").exists() and "report.md" in proc.stdout
 
 
-def _train(data_root, run_dir, max_steps, resume=False):
-    args = [
-        *FAST,
-        "--arch",
-        "mlp",
-        "--loss",
-        "wgan-gp",
-        "--n-disc",
-        "2",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "128",
-    ]
-    args += ["--eval-samples", "0", "--max-steps", max_steps]
+RESUMED = {  # WGAN-GP with two critic steps per generator step; the default recipe (R1), conditional
+    "wgan-gp": ["--loss", "wgan-gp", "--r1-gamma", "0", "--n-disc", "2"],
+    "r1-conditional": ["--conditional", "--n-disc", "2"],
+}
+
+
+def _train(data_root, run_dir, max_steps, resume=False, recipe="wgan-gp"):
+    args = [*FAST, "--arch", "mlp", *RESUMED[recipe], "--epochs", "2", "--batch-size", "128"]
+    args += ["--eval-samples", "0", "--probe-every", "0", "--max-steps", max_steps]
     args += ["--resume", run_dir] if resume else ["--run-dir", run_dir]
     run_cli("experiments.gan", args, data_root)
 
 
-def test_gan_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path):
-    """WGAN-GP with two critic steps per generator step, interrupted mid-epoch."""
+@pytest.mark.parametrize("recipe", RESUMED)
+def test_gan_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path, recipe):
+    """Interrupted mid-epoch, continued in a new process: the same state, bit for bit."""
     n, k = 40, 15
-    _train(data_root, tmp_path / "straight", n)
-    _train(data_root, tmp_path / "split", k)
-    _train(data_root, tmp_path / "split", n, resume=True)
+    _train(data_root, tmp_path / "straight", n, recipe=recipe)
+    _train(data_root, tmp_path / "split", k, recipe=recipe)
+    _train(data_root, tmp_path / "split", n, resume=True, recipe=recipe)
     a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
     assert a.keys() == b.keys() and {"gen/step", "disc/step", "ema/net.0.weight"} <= a.keys()
@@ -125,9 +134,18 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run]
     proc = run_cli("experiments.gan", args, data_root)
     assert "broken.png" in proc.stderr
-    assert len(_records(run)) == 1 and (run / "progress.gif").exists()
+    (record,) = _records(run)
+    assert (run / "progress.gif").exists() and (run / "swd.png").exists()
+    # scored by SWD against the 4 held-out images (a tenth of 40); the floor: 4 training images
+    assert record["test_swd"] > 0 and record["test_swd_floor"] > 0 and "test_swd_64px" in record
     weights = load_file(str(run / "generator.safetensors"))
     assert weights["net.12.weight"].shape == (8, 3, 4, 4)  # the last transposed conv: 64x64 RGB out
+    run_cli("experiments.eval_gan", [run], data_root)
+    result = json.loads((run / "eval.json").read_text())
+    assert result["metric"] == "swd" and result["samples"] == 4
+    floor, gan = result["rows"]["training images (the floor)"], next(iter(result["rows"].values()))
+    assert gan["swd"] > floor["swd"] > 0  # one epoch of 2 steps is far from the real photos
+    assert "| training images (the floor) |" in (run / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -138,6 +156,9 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
         (["--dataset", "imagefolder", "--image-folder", ".", "--target-fid", "5"], "--target-fid needs"),
         (["--loss", "minimax"], "invalid choice"),
         (["--n-disc", "0"], "--n-disc must be"),
+        (["--disc-norm"], "--disc-norm: a gradient penalty"),
+        (["--r1-gamma", "-1"], "--r1-gamma"),
+        (["--conditional", "--dataset", "imagefolder", "--image-folder", "."], "--conditional needs"),
         (
             [
                 "--arch",
@@ -163,3 +184,24 @@ def test_bad_gan_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, wor
 def test_eval_gan_refuses_a_run_that_is_not_a_gan(data_root, tmp_path):
     proc = run_cli("experiments.eval_gan", [tmp_path], data_root, expect=2)
     assert "not a finished GAN run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gan_loss_comparison_writes_mean_and_std_per_loss_and_reuses_finished_runs(data_root, tmp_path):
+    table, out = tmp_path / "losses.md", tmp_path / "runs"
+    args = ["--args", "--arch mlp --width 8 --no-compile --batch-size 32", "--steps", "3", "--seeds", "0,1"]
+    args += ["--eval-samples", "50", "--out", out, "--table", table]
+    run_cli("experiments.gan_losses", args, data_root)
+    text = table.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| non-saturating", "| hinge", "| least-squares", "| WGAN-GP", "| default: non-saturating + R1"
+    ]  # fmt: skip
+    scores = json.loads((out / "wgan-gp-seed1" / "comparison.json").read_text())
+    assert {"fid", "precision", "recall", "is", "wall_s"} <= scores.keys()
+    assert json.loads((out / "wgan-gp-seed1" / "config.json").read_text())["loss"] == "wgan-gp"
+    fid = [json.loads((out / f"hinge-seed{s}" / "comparison.json").read_text())["fid"] for s in (0, 1)]
+    mean = sum(fid) / 2
+    assert f"| hinge | {mean:.2f} ± {abs(fid[0] - fid[1]) / 2**0.5:.2f} |" in text
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")}
+    run_cli("experiments.gan_losses", args, data_root)  # every run finished: nothing retrains
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")} == before

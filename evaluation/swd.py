@@ -1,0 +1,125 @@
+"""Multi-scale sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018, "Progressive
+growing of GANs", section 5): a generated-vs-real score that needs no trained network, so it works on
+any folder of images."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from evaluation.fidelity import random_subset
+from harness.data import Dataset, to_unit
+
+PATCH = 7  # descriptor: a 7x7 neighbourhood of one pyramid level, all channels
+PER_IMAGE = 128  # descriptors drawn per image and level
+DIRECTIONS = 512  # random projections per repeat
+REPEATS = 4
+MIN_SIZE = 8  # the pyramid stops before a level would be smaller than this
+
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """The 5x5 binomial (Gaussian) filter of Burt and Adelson's pyramid, per channel, reflect-padded."""
+    c = x.shape[1]
+    k = (_BINOMIAL[:, None] * _BINOMIAL[None, :]).to(x)  # (5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k.expand(c, 1, 5, 5), groups=c)
+
+
+def laplacian_pyramid(images: torch.Tensor) -> list[torch.Tensor]:
+    """Band-pass levels of (N, C, H, W) images, finest first, then the low-pass residual: each level
+    minus the upsampled blur of the next, while the next stays at least MIN_SIZE pixels."""
+    levels, x = [], images
+    while min(x.shape[-2:]) // 2 >= MIN_SIZE:
+        small = _blur(x)[..., ::2, ::2]
+        up = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        levels.append(x - up)
+        x = small
+    return levels + [x]
+
+
+def patch_descriptors(
+    level: torch.Tensor, generator: torch.Generator, per_image: int = PER_IMAGE
+) -> torch.Tensor:
+    """per_image random PATCH x PATCH neighbourhoods of every image of one level, flattened:
+    (N * per_image, C * PATCH * PATCH)."""
+    n, c, h, w = level.shape
+    if h < PATCH or w < PATCH:
+        raise ValueError(f"pyramid level {h}x{w} is smaller than the {PATCH}x{PATCH} patch")
+    ys = torch.randint(0, h - PATCH + 1, (n, per_image), generator=generator)
+    xs = torch.randint(0, w - PATCH + 1, (n, per_image), generator=generator)
+    offsets = torch.arange(PATCH)
+    rows = (ys[..., None] + offsets)[..., :, None].expand(n, per_image, PATCH, PATCH)  # (N, P, 7, 7)
+    cols = (xs[..., None] + offsets)[..., None, :].expand(n, per_image, PATCH, PATCH)
+    idx = torch.arange(n)[:, None, None, None].expand_as(rows)
+    patches = level.permute(0, 2, 3, 1)[idx, rows, cols]  # (N, P, 7, 7, C)
+    return patches.permute(0, 1, 4, 2, 3).reshape(n * per_image, c * PATCH * PATCH)
+
+
+def _normalise(desc: torch.Tensor, channels: int) -> torch.Tensor:
+    """A descriptor set standardised per colour channel (over descriptors and positions), as Karras
+    et al.'s finalize_descriptors does, so every level and channel weighs alike."""
+    d = desc.view(len(desc), channels, -1)
+    d = (d - d.mean((0, 2), keepdim=True)) / d.std((0, 2), keepdim=True).clamp(min=1e-8)
+    return d.reshape(len(desc), -1)
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> float:
+    """Mean over REPEATS x DIRECTIONS random unit directions of the 1-D Wasserstein-1 distance between
+    the projections of two equally sized descriptor sets (N, D): sort both, mean |difference|."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"descriptor sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    total = 0.0
+    for _ in range(REPEATS):
+        dirs = torch.randn(a.shape[1], DIRECTIONS, generator=generator, dtype=a.dtype)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values  # (N, DIRECTIONS)
+        total += float((pa - pb).abs().mean())
+    return total / REPEATS
+
+
+@torch.no_grad()
+def multiscale_swd(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """SWD x 1e3 per pyramid level (swd_<size>px, finest first) and their mean (swd), between two
+    equally many images (N, C, H, W) in [0, 1]; Karras et al.'s protocol with fewer images."""
+    if real.shape[1:] != fake.shape[1:] or len(real) != len(fake):
+        raise ValueError(
+            f"need equally many images of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, (lr, lf) in enumerate(
+        zip(laplacian_pyramid(real.float().cpu()), laplacian_pyramid(fake.float().cpu()))
+    ):
+        c = lr.shape[1]
+        # both sets' patches at the same positions (image i of each at the same places): a coupled
+        # estimate, exactly 0 for two equal sets
+        where = [torch.Generator().manual_seed(seed * 1000 + i) for _ in range(2)]
+        da, db = (_normalise(patch_descriptors(lv, w), c) for lv, w in ((lr, where[0]), (lf, where[1])))
+        out[f"swd_{lr.shape[-1]}px"] = 1e3 * sliced_wasserstein(da, db, g)
+    out["swd"] = sum(out.values()) / len(out)
+    return out
+
+
+class SWDReference:
+    """An image folder's held-out images as the SWD compares against, and its floor: as many training
+    images against them (what a generator that reproduced the training set would score)."""
+
+    def __init__(self, held_out: Dataset, train: Dataset, seed: int = 0):
+        self.real = to_unit(held_out.images).cpu()  # (N, C, H, W) in [0, 1]
+        self.seed = seed
+        n = min(len(self.real), len(train.images))
+        self.real = self.real[:n]
+        self.floor = multiscale_swd(self.real, random_subset(train, n, seed).cpu(), seed)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        """multiscale_swd of len(self) images against the held-out ones, and the floor's mean (swd_floor)."""
+        return {
+            **multiscale_swd(self.real, images[: len(self.real)].cpu(), self.seed),
+            "swd_floor": self.floor["swd"],
+        }

@@ -1,0 +1,221 @@
+"""The modern GAN pieces: R1 against autograd and finite differences, the relativistic pairing, the
+conditional networks, mode coverage, the multi-scale SWD, held-out folders and fit's probes."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import engine
+from engine.state import flatten_state
+from evaluation import swd
+from evaluation.fidelity import class_coverage, label_agreement, sample_labels
+from harness.data import Dataset
+from harness.fit import LoopOptions, fit
+from harness.loader import Loader
+from harness.run import held_out_split
+from losses import gan as G
+from models import build_gan
+
+
+def _critic():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+def test_r1_penalty_and_its_parameter_gradient_match_autograd_double_backward():
+    """R1 = E ||d D(x) / dx||^2, and d R1 / d params through the nested torch.func.grad, against
+    torch.autograd.grad with create_graph=True (the classic double backward)."""
+    critic = _critic()
+    real = torch.randn(5, 1, 3, 4, generator=torch.Generator().manual_seed(0)).double()
+    params = {k: v.detach().clone() for k, v in critic.named_parameters()}
+
+    def r1(p):
+        return G.r1_penalty(lambda x: torch.func.functional_call(critic, p, (x,))[:, 0], real)
+
+    ours, ours_grad = r1(params), torch.func.grad(r1)(params)
+    x = real.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    reference = gx.flatten(1).square().sum(1).mean()
+    ref_grad = torch.autograd.grad(reference, list(critic.parameters()), materialize_grads=True)
+    assert float(ours) == pytest.approx(float(reference), rel=1e-12)
+    for (name, _), g in zip(critic.named_parameters(), ref_grad):
+        torch.testing.assert_close(ours_grad[name], g, rtol=1e-10, atol=1e-12)
+
+
+def test_relativistic_pairing_matches_hand_computed_values():
+    real, fake = (
+        torch.tensor([0.5, -1.0], dtype=torch.float64),
+        torch.tensor([-0.3, 2.0], dtype=torch.float64),
+    )
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    d_loss, _ = G.relativistic_d(real, fake)
+    g_loss, _ = G.relativistic_g(fake, real)
+    assert float(d_loss) == pytest.approx((softplus(-0.3 - 0.5) + softplus(2.0 + 1.0)) / 2, rel=1e-12)
+    assert float(g_loss) == pytest.approx((softplus(0.5 + 0.3) + softplus(-1.0 - 2.0)) / 2, rel=1e-12)
+
+
+def test_r1_on_a_subset_is_the_penalty_of_those_images_and_is_logged():
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)
+    params, buffers = dict(disc.named_parameters()), dict(disc.named_buffers())
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "x": torch.rand(8, 1, 28, 28, generator=g),
+        "fake": torch.rand(8, 1, 28, 28, generator=g) * 2 - 1,
+    }
+    plain, _ = G.make_gan_loss(gen, disc).disc_loss(params, buffers, batch)
+    full, aux = G.make_gan_loss(gen, disc, r1_gamma=4.0).disc_loss(params, buffers, batch)
+    part, aux_part = G.make_gan_loss(gen, disc, r1_gamma=4.0, r1_batch=3).disc_loss(params, buffers, batch)
+    r1_full = G.r1_penalty(lambda x: disc(x), G.to_signed(batch["x"]))
+    r1_part = G.r1_penalty(lambda x: disc(x), G.to_signed(batch["x"][:3]))
+    torch.testing.assert_close(full, plain + 2.0 * r1_full)
+    torch.testing.assert_close(part, plain + 2.0 * r1_part)
+    torch.testing.assert_close(aux.metrics["r1"], r1_full.detach())
+    assert float(aux_part.metrics["d_loss"]) == pytest.approx(float(part))
+
+
+def test_conditional_networks_use_the_label_and_the_projection_is_an_inner_product():
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False, classes=10)
+    z = torch.randn(4, 16)
+    gen.eval()  # BatchNorm on running statistics: each image on its own
+    a, b = gen(z, torch.tensor([0, 0, 0, 0])), gen(z, torch.tensor([0, 3, 0, 7]))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])  # the label changes only its own image
+    x, y = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3, 4])
+    h = disc.net[:-1](x).flatten(1)  # (4, 2W * 7 * 7): what the last layer reads
+    expected = disc.net[-1](disc.net[:-1](x)).flatten(1)[:, 0] + (disc.embed.weight[y] * h).sum(1)
+    torch.testing.assert_close(disc(x, y), expected)
+    with torch.no_grad():
+        disc.embed.weight.zero_()
+    plain = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)[1]
+    plain.load_state_dict({k: v for k, v in disc.state_dict().items() if not k.startswith("embed")})
+    torch.testing.assert_close(disc(x, y), plain(x))  # a zero projection: the unconditional critic
+
+
+def test_conditional_r1_gan_step_donates_bitwise_and_labels_reach_both_players():
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False, classes=10)
+    gan = G.make_gan_loss(gen, disc, "relativistic", r1_gamma=1.0, r1_batch=4)
+    g_opt, d_opt = engine.adam(2e-4, b1=0.0, b2=0.99), engine.adam(4e-4, b1=0.0, b2=0.99)
+    state = engine.init_gan_state(gen, disc, g_opt, d_opt)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"x": torch.rand(16, 1, 28, 28, generator=g), "y": torch.randint(10, (16,), generator=g),
+         "z": torch.randn(16, 16, generator=g)}
+        for _ in range(3)
+    ]  # fmt: skip
+    plain = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False)
+    donated = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False, donate=True)
+    a, b = state, engine.clone_state(state)
+    for batch in batches:
+        a, metrics = plain(a, batch)
+        b, _ = donated(b, batch)
+    fa, fb = flatten_state(a), flatten_state(b)
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert {"d_r1", "d_loss", "g_loss"} <= metrics.keys() and float(metrics["d_r1"]) > 0
+    for player in (a.gen, a.disc):  # the label embeddings were trained by both players' updates
+        assert not torch.equal(
+            player.params["embed.weight"],
+            getattr(state, "gen" if player is a.gen else "disc").params["embed.weight"],
+        )
+
+
+def test_class_coverage_against_hand_computed_kl():
+    real = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    predicted = torch.tensor([0] * 6 + [1] * 4)  # shares 0.6, 0.4, 0 against 0.5, 0.3, 0.2
+    logits = torch.nn.functional.one_hot(predicted, 3).float() * 5
+    cov = class_coverage(logits, real, classes=3)
+    assert cov["class_kl"] == pytest.approx(0.6 * math.log(0.6 / 0.5) + 0.4 * math.log(0.4 / 0.3), rel=1e-12)
+    assert cov["rarest_class"] == 2 and cov["rarest_share"] == 0.0
+    assert cov["class_shares"] == pytest.approx([0.6, 0.4, 0.0]) and cov["real_shares"] == pytest.approx(
+        [0.5, 0.3, 0.2]
+    )
+    same = class_coverage(torch.nn.functional.one_hot(real, 3).float(), real, classes=3)
+    assert same["class_kl"] == 0.0
+    assert label_agreement(logits, torch.tensor([0] * 6 + [1] * 2 + [2] * 2)) == pytest.approx(0.8)
+    assert sample_labels(12, 10, "cpu").tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_laplacian_pyramid_reconstructs_the_image():
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    levels = swd.laplacian_pyramid(x)
+    assert [lv.shape[-1] for lv in levels] == [64, 32, 16, 8]
+    image = levels[-1]
+    for band in reversed(levels[:-1]):  # collapse: upsample the coarser image, add the band
+        image = band + torch.nn.functional.interpolate(
+            image, size=band.shape[-2:], mode="bilinear", align_corners=False
+        )
+    torch.testing.assert_close(image, x)
+
+
+def test_sliced_wasserstein_in_one_dimension_is_the_sorted_difference():
+    """In 1-D every unit direction is +-1, so SWD is the exact W1 between the two samples."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, 1, generator=g), torch.randn(500, 1, generator=g) + 0.7
+    exact = float((a[:, 0].sort().values - b[:, 0].sort().values).abs().mean())
+    assert swd.sliced_wasserstein(a, b, g) == pytest.approx(exact, rel=1e-6)
+
+
+def test_multiscale_swd_is_zero_for_equal_sets_and_grows_with_the_difference():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(16, 3, 32, 32, generator=g)
+    assert swd.multiscale_swd(real, real.clone())["swd"] == pytest.approx(0.0, abs=1e-9)
+    noisy = (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    noisier = (real + 0.4 * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    a, b = swd.multiscale_swd(real, noisy), swd.multiscale_swd(real, noisier)
+    assert set(a) == {"swd_32px", "swd_16px", "swd_8px", "swd"}
+    assert 0 < a["swd"] < b["swd"] and a["swd_32px"] < b["swd_32px"]
+
+
+def test_held_out_split_is_a_fixed_disjoint_tenth():
+    data = Dataset(
+        torch.arange(25, dtype=torch.uint8).view(25, 1, 1, 1).expand(25, 1, 2, 2).clone(),
+        torch.zeros(25, dtype=torch.long),
+    )
+    train, test = held_out_split(data)
+    seen = lambda d: set(d.images[:, 0, 0, 0].tolist())  # noqa: E731
+    assert len(test.images) == 2 and len(train.images) == 23
+    assert seen(train) | seen(test) == set(range(25)) and not seen(train) & seen(test)
+    assert seen(held_out_split(data)[1]) == seen(test)
+    one = Dataset(data.images[:1], data.labels[:1])
+    assert held_out_split(one)[0] is one
+
+
+def test_fit_probes_every_n_steps_and_a_resume_keeps_the_clock(tmp_path):
+    model = nn.Linear(4, 1)
+    opt = engine.sgd(0.1)
+
+    def loss_fn(p, b, batch):
+        out, _ = engine.call_module(model, p, b, batch["x"].flatten(1))
+        return out.square().mean(), engine.Aux({}, b)
+
+    data = Dataset(torch.randint(0, 255, (64, 1, 2, 2), dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    calls = []
+
+    def probe(state):
+        calls.append(int(state.step))
+        return {"norm": float(state.params["weight"].norm())}
+
+    def run(max_steps):
+        state, history = engine.init_state(model, opt), []
+        loader = Loader(data, 8, 0)
+        if max_steps > 5:  # continue from the checkpoint the first call wrote
+            from harness.rundir import resume_state
+
+            state, history = resume_state(tmp_path, state, loader, {}, ())
+        opts = LoopOptions(epochs=2, max_steps=max_steps, log_every=1, probe_every=2, progress=False)
+        step = engine.make_train_step(
+            lambda p, b, batch: loss_fn(p, b, {"x": batch["x"].flatten(1)}), opt, compile=False
+        )
+        return fit(step, state, loader, tmp_path, opts, probe=probe, history=history)
+
+    run(5)
+    run(12)
+    records = [json.loads(line) for line in (tmp_path / "probes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12] and calls == [2, 4, 6, 8, 10, 12]
+    assert [r["images"] for r in records] == [16, 32, 48, 64, 80, 96]
+    walls = [r["wall_s"] for r in records]
+    assert walls == sorted(walls) and walls[0] > 0
