@@ -42,6 +42,7 @@ FIGURES = [  # (file written by training, caption)
         "quality_vs_time.png",
         "FID, precision and recall of the EMA generator against wall-clock time and images",
     ),
+    ("quality_vs_baseline.png", "the same curves beside a baseline recipe's (--baseline-run)"),
     ("progress.gif", "the fixed-z grid after each epoch"),
 ]
 
@@ -226,7 +227,7 @@ def _label(run_dir: Path) -> str:
     cfg = json.loads((run_dir / "config.json").read_text())
     recipe = f"{cfg['loss']}" + (f" + R1 {cfg.get('r1_gamma')}" if cfg.get("r1_gamma") else "")
     recipe += ", BatchNorm D" if cfg.get("disc_norm", True) else ""
-    return f"{run_dir.name}: {recipe}, lr {cfg['lr']:g}, batch {cfg['batch_size']}"
+    return f"{recipe}, lr {cfg['lr']:g}, batch {cfg['batch_size']}"
 
 
 def plot_against_baseline(run_dir: Path, baseline: Path) -> None:

@@ -89,13 +89,15 @@ class GANConfig(RunConfig):
 def save_plots(run: Run, gan, state, reference) -> None:
     """Loss and D-output curves, FID/IS per epoch, the fixed-noise grid of this epoch and its GIF."""
     cfg, d = run.config, run.run_dir
-    tag = f"{cfg.arch} GAN ({cfg.loss}) on {cfg.dataset}"
+    r1 = f" + R1 {cfg.r1_gamma:g}" if cfg.r1_gamma else ""
+    tag = f"{cfg.arch} GAN ({cfg.loss}{r1}{', conditional' if cfg.conditional else ''}) on {cfg.dataset}"
     panels = [("losses", ["d_loss", "g_loss"]), ("D(x) and D(G(z))", ["d_real", "d_fake"])]
     plot_step_curves(read_metrics(d, STEPS), panels, d / "losses_per_step.png", tag)
     records = read_metrics(d)
     epoch_panels = [("discriminator loss", "d_loss"), ("generator loss", "g_loss")]
     epoch_panels += [("D(x)", "d_real"), ("D(G(z))", "d_fake")]
-    plot_curves(records, epoch_panels, d / "losses_per_epoch.png", tag)
+    if records:  # a --max-steps run may stop before the first epoch's record
+        plot_curves(records, epoch_panels, d / "losses_per_epoch.png", tag)
     if any("test_fid" in r for r in records):
         plot_curves(records, [("FID vs test (lower is better)", "fid"), ("IS", "is")], d / "fid_is.png", tag)
     if any("test_swd" in r for r in records):

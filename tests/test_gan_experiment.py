@@ -205,3 +205,23 @@ def test_gan_loss_comparison_writes_mean_and_std_per_loss_and_reuses_finished_ru
     before = {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")}
     run_cli("experiments.gan_losses", args, data_root)  # every run finished: nothing retrains
     assert {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")} == before
+
+
+def test_exported_fp16_generator_scores_like_the_run_and_the_baseline_curve_is_drawn(
+    data_root, mlp_gan_run, tmp_path
+):
+    out = tmp_path / "committed"
+    args = [mlp_gan_run, "--samples", "1000", "--export", out, "--baseline-run", mlp_gan_run]
+    run_cli("experiments.eval_gan", args, data_root)
+    weights = load_file(str(out / "generator.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    assert (out / "config.json").exists() and (out / "quality_vs_baseline.png").exists()
+    exported = json.loads((out / "eval.json").read_text())
+    run_cli("experiments.eval_gan", [mlp_gan_run, "--samples", "1000"], data_root)
+    original = json.loads((mlp_gan_run / "eval.json").read_text())
+    name = next(n for n in original["rows"] if n.startswith("GAN"))
+    fid_a, fid_b = exported["rows"][name]["fid"], original["rows"][name]["fid"]
+    assert abs(fid_a - fid_b) < 0.01 * fid_b  # fp16 weights: the same samples up to rounding
+    cov = original["coverage"]  # mode coverage of every report
+    assert len(cov["class_shares"]) == 10 and abs(sum(cov["class_shares"]) - 1) < 1e-9
+    assert "## Mode coverage" in (mlp_gan_run / "report.md").read_text()

@@ -219,3 +219,19 @@ def test_fit_probes_every_n_steps_and_a_resume_keeps_the_clock(tmp_path):
     assert [r["images"] for r in records] == [16, 32, 48, 64, 80, 96]
     walls = [r["wall_s"] for r in records]
     assert walls == sorted(walls) and walls[0] > 0
+
+
+def test_photo_crops_come_from_matplotlibs_photographs_deterministically(tmp_path, data_root):
+    from experiments.photo_crops import random_crops, sample_photos
+    from tests.conftest import run_cli
+
+    photos = sample_photos()
+    assert len(photos) == 2 and all(p.shape[0] == 3 and min(p.shape[1:]) >= 256 for p in photos)
+    a, b, c = random_crops(photos, 6, 32, 0), random_crops(photos, 6, 32, 0), random_crops(photos, 6, 32, 1)
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.float().std() > 10  # real pictures, not flat
+    out = tmp_path / "crops"
+    run_cli("experiments.photo_crops", [out, "--count", "5", "--size", "16"], data_root)
+    assert sorted(p.name for p in out.iterdir()) == [f"crop-{i:05d}.png" for i in range(5)]
+    proc = run_cli("experiments.photo_crops", [out], data_root, expect=2)  # never over an existing folder
+    assert "not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
