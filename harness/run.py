@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import io
 import json
+import logging
 import os
 import signal
 import sys
@@ -41,13 +42,16 @@ TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same
 def main_guard(main):
     """Every entry point's one error path: user-facing failures become one line on stderr; exit 2
     for bad input (1 for a missed target), 3 for a non-finite loss or gradient, 130 for a second
-    Ctrl-C; warnings are one line too."""
+    Ctrl-C; warnings are one line too, and torch's CPU-only "No CUDA runtime" notice is silenced."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
         if os.environ.get("PURESTEP_DEBUG"):  # developers: the full traceback, no translation
             return main(argv)
         old_term = signal.signal(signal.SIGTERM, _terminated)  # before the loop takes it over
+        # torch.compile on a CPU-only machine logs "No CUDA runtime is found" from cpp_extension on
+        # every run: nothing a user can act on (its errors still show)
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning

@@ -67,7 +67,9 @@ class Discriminator(nn.Module):
     (B,); no sigmoid.
 
     classes > 0: a projection discriminator (Miyato and Koyama 2018): the last layer's input h (the
-    features) adds <embed(y), h> to the unconditional logit. Unconditional: y is ignored.
+    features), summed over positions, adds <embed(y), sum h> to the unconditional logit (a per-class
+    vector of channel weights, not a per-class template of the whole feature map, which let the
+    generator collapse to one image per class). Unconditional: y is ignored.
     """
 
     def __init__(self, net: nn.Sequential, classes: int = 0, features: int = 0):
@@ -79,7 +81,8 @@ class Discriminator(nn.Module):
         if self.embed is None:
             return self.net(x).flatten(1)[:, 0]  # (B,)
         h = self.net[:-1](x)  # the features the last layer reads
-        return self.net[-1](h).flatten(1)[:, 0] + (self.embed(y) * h.flatten(1)).sum(1)
+        pooled = h.sum((2, 3)) if h.dim() == 4 else h  # (B, C): summed over positions, as in the paper
+        return self.net[-1](h).flatten(1)[:, 0] + (self.embed(y) * pooled).sum(1)
 
 
 def dcgan28(latent_dim: int, channels=1, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
@@ -155,7 +158,9 @@ def build_gan(
         gen, disc = dcgan64(latent_dim, c, width, disc_norm)
     else:
         raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
-    features = disc[:-1](torch.zeros(2, *image_shape))[0].numel() if classes else 0  # the projection's size
+    features = (
+        disc[:-1](torch.zeros(2, *image_shape)).shape[1] if classes else 0
+    )  # channels the projection weighs
     pair = Generator(gen, latent_dim, image_shape, classes), Discriminator(disc, classes, features)
     for m in pair:
         dcgan_init(m)

@@ -85,8 +85,10 @@ def test_conditional_networks_use_the_label_and_the_projection_is_an_inner_produ
     a, b = gen(z, torch.tensor([0, 0, 0, 0])), gen(z, torch.tensor([0, 3, 0, 7]))
     assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])  # the label changes only its own image
     x, y = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3, 4])
-    h = disc.net[:-1](x).flatten(1)  # (4, 2W * 7 * 7): what the last layer reads
-    expected = disc.net[-1](disc.net[:-1](x)).flatten(1)[:, 0] + (disc.embed.weight[y] * h).sum(1)
+    h = disc.net[:-1](x)  # (4, 2W, 7, 7): what the last layer reads
+    assert disc.embed.weight.shape == (10, 16)  # one weight per channel and class
+    projection = (disc.embed.weight[y] * h.sum((2, 3))).sum(1)
+    expected = disc.net[-1](h).flatten(1)[:, 0] + projection
     torch.testing.assert_close(disc(x, y), expected)
     with torch.no_grad():
         disc.embed.weight.zero_()
