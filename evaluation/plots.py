@@ -189,9 +189,7 @@ def plot_quality_vs_time(
                     ax.axhline(5 * floor, color="grey", linestyle=":", label="5x floor")
             ax.set(xlabel=x_label, ylabel=label, title=label)
             ax.grid(alpha=0.3)
-            if (
-                key == metrics[0][0] or len(curves) == 1
-            ):  # several runs: one legend per row, on the first panel
+            if key == metrics[0][0] or len(curves) == 1:  # several runs: one legend, on the first panel
                 ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
     _save(fig, path)

@@ -57,9 +57,8 @@ def load_generator(run_dir: Path, device):
     shape = (1, 28, 28) if cfg.dataset in CLASSIFIED else (cfg.channels, cfg.image_size, cfg.image_size)
     gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
     # committed generators are stored in fp16 (half the size); sampling runs in float32
-    weights = {
-        k: v.float() for k, v in load_file(str(run_dir / "generator.safetensors"), device=str(device)).items()
-    }
+    weights = load_file(str(run_dir / "generator.safetensors"), device=str(device))
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # int counters stay
     gen.load_state_dict(weights, strict=True)  # checks every name and shape
     params = {k: v for k, v in weights.items() if k in dict(gen.named_parameters())}
     buffers = {k: v for k, v in weights.items() if k not in params}

@@ -186,7 +186,8 @@ def main(argv=None):
     final = run.finish(
         state, lambda s: score(s, cfg.eval_samples, True) if cfg.eval_samples else {}, weights, "fid"
     )
-    save_plots(run, gan, state, reference)  # the probes written since the last epoch's plots
+    if run.world.main:  # the probes written since the last epoch's plots (rank 0 writes, as on_epoch_end)
+        save_plots(run, gan, state, reference)
     return final
 
 
