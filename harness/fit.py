@@ -251,7 +251,7 @@ class _RunClock:
         self.offset, self.t0 = (records[-1]["wall_s"] if records else 0.0), time.perf_counter()
 
     def __call__(self) -> float:
-        return round(self.offset + time.perf_counter() - self.t0, 2)
+        return round(self.offset + time.perf_counter() - self.t0, 3)
 
 
 def _stopping(stop: _StopFlag, world: World, done: int, log_every: int, device) -> bool:
