@@ -40,6 +40,7 @@ class GANConfig(RunConfig):
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
     r1_gamma: float = option(0.1, "weight gamma of the R1 penalty gamma/2 E|grad D(x)|^2 (0: off)")
     r1_batch: int = option(16, "real images per batch the R1 penalty is estimated on (0: all)")
+    mode_seeking: float = option(0.0, "weight of the mode-seeking term in G's loss (Mao et al. 2019; 0: off)")
     disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
     conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
     latent_dim: int = option(100, "size of the generator's input z")
@@ -66,8 +67,8 @@ class GANConfig(RunConfig):
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         ok = self.n_disc >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
-        ok = self.r1_gamma >= 0 and self.r1_batch >= 0 and self.d_lr >= 0 and self.probe_every >= 0
-        self.require(ok, "--r1-gamma, --r1-batch, --d-lr and --probe-every must be >= 0")
+        ok = min(self.r1_gamma, self.r1_batch, self.mode_seeking, self.d_lr, self.probe_every) >= 0
+        self.require(ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr and --probe-every must be >= 0")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
         penalised = self.loss == "wgan-gp" or self.r1_gamma > 0
         why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
@@ -137,7 +138,7 @@ def main(argv=None):
     except ValueError as e:
         raise UsageError(str(e)) from None
     gen, disc = gen.to(run.device), disc.to(run.device)
-    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch)
+    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking)
     g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
     d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
     step = engine.make_gan_step(

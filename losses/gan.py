@@ -121,6 +121,20 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
     return x * 2 - 1
 
 
+def mode_seeking(fake, z, y=None, eps: float = 1e-5):
+    """Mao et al. (2019)'s mode-seeking term 1 / (mean d(G(z1), G(z2)) / d(z1, z2) + eps), over the
+    pairs of the batch drawn for the same label (every pair when y is None), d the mean absolute
+    difference. A generator that ignores z makes it large. Zero when no two images share a label."""
+    f, zz = fake.flatten(1).float(), z.flatten(1).float()
+    d_img = (f[:, None] - f[None]).abs().mean(-1)  # (B, B)
+    d_z = (zz[:, None] - zz[None]).abs().mean(-1)
+    pairs = 1 - torch.eye(len(f), device=f.device)
+    if y is not None:
+        pairs = pairs * (y[:, None] == y[None]).float()
+    ratio = (pairs * d_img / (d_z + eps)).sum() / pairs.sum().clamp_min(1)
+    return pairs.sum().clamp_max(1) / (ratio + eps)
+
+
 class GANLoss(NamedTuple):
     """The three pure pieces a GAN step needs, each in the engine's loss_fn form."""
 
@@ -130,14 +144,21 @@ class GANLoss(NamedTuple):
 
 
 def make_gan_loss(
-    gen, disc, kind: str = "nonsaturating", gp_weight: float = 10.0, r1_gamma: float = 0.0, r1_batch: int = 0
+    gen,
+    disc,
+    kind: str = "nonsaturating",
+    gp_weight: float = 10.0,
+    r1_gamma: float = 0.0,
+    r1_batch: int = 0,
+    mode_seeking_weight: float = 0.0,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
     r1_gamma > 0 adds gamma / 2 * R1 to the discriminator's loss, estimated on the first r1_batch
     real images of the batch (0: all of them): an unbiased estimate of the same expectation at a
     fraction of the double backward's cost (the role lazy regularisation plays in StyleGAN2).
-    y (labels) reaches both networks; an unconditional network ignores it.
+    y (labels) reaches both networks; an unconditional network ignores it. mode_seeking_weight > 0
+    adds that multiple of `mode_seeking` to the generator's loss.
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
@@ -175,6 +196,10 @@ def make_gan_loss(
             loss, metrics = g_fn(logits.float(), real_logits.float().detach())
         else:
             loss, metrics = g_fn(logits.float())
+        if mode_seeking_weight > 0:
+            ms = mode_seeking(fake, batch["z"], y)
+            loss = loss + mode_seeking_weight * ms
+            metrics.update(g_loss=loss.detach(), g_ms=ms.detach())
         return loss, Aux(metrics, buffers)
 
     return GANLoss(generate, disc_loss, gen_loss)

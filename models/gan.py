@@ -41,9 +41,11 @@ def _down(c_in: int, c_out: int, norm: bool = False) -> list[nn.Module]:
 class Generator(nn.Module):
     """z (B, Z) [and labels y (B,)] -> images (B, C, H, W) in [-1, 1] (tanh).
 
-    classes > 0: conditional; the label's learned embedding (Z numbers) is added to z (Miyato and
-    Koyama 2018 feed it through conditional BatchNorm; an additive input embedding is the smallest
-    form). Unconditional: y is ignored.
+    classes > 0: conditional; the label's learned embedding (Z numbers) is concatenated to z, so the
+    first layer reads 2Z inputs (Miyato and Koyama 2018 feed it through conditional BatchNorm; an input
+    embedding is the smallest form). A first version added the embedding to z: its MNIST runs ignored z
+    and drew one image per class, since z and the label then share every input direction.
+    Unconditional: y is ignored.
     """
 
     def __init__(self, net: nn.Sequential, latent_dim: int, image_shape: tuple[int, int, int], classes=0):
@@ -53,7 +55,7 @@ class Generator(nn.Module):
 
     def forward(self, z, y=None):
         if self.embed is not None:
-            z = z + self.embed(y)
+            z = torch.cat([z, self.embed(y)], 1)
         if len(self.net) and isinstance(self.net[0], nn.ConvTranspose2d):
             z = rearrange(z, "b z -> b z 1 1")
         out = self.net(z)
@@ -67,8 +69,8 @@ class Discriminator(nn.Module):
 
     classes > 0: a projection discriminator (Miyato and Koyama 2018): the last layer's input h (the
     features), summed over positions as in the paper, adds <embed(y), sum h> to the unconditional
-    logit. (A first version projected the whole feature map; its 2-epoch MNIST run collapsed to one
-    image per class. This form's run still had recall 0 at step 1,500: the collapse is not fixed.)
+    logit. (A first version projected the whole feature map.) The per-class collapse conditional runs
+    showed comes from the generator ignoring z, not from this head: see losses.gan.mode_seeking.
     Unconditional: y is ignored.
     """
 
@@ -150,12 +152,13 @@ def build_gan(
     drops the discriminator's BatchNorm (needed by gradient penalties); classes > 0: conditional
     (a label embedding in the generator, a projection discriminator)."""
     c, h, w = image_shape
+    inputs = 2 * latent_dim if classes else latent_dim  # the generator reads [z, embed(y)] when conditional
     if arch == "mlp":
-        gen, disc = mlp_gan(latent_dim, image_shape, 4 * width)
+        gen, disc = mlp_gan(inputs, image_shape, 4 * width)
     elif arch == "dcgan" and h == w == 28:
-        gen, disc = dcgan28(latent_dim, c, width, disc_norm)
+        gen, disc = dcgan28(inputs, c, width, disc_norm)
     elif arch == "dcgan" and h == w == 64:
-        gen, disc = dcgan64(latent_dim, c, width, disc_norm)
+        gen, disc = dcgan64(inputs, c, width, disc_norm)
     else:
         raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
     features = (

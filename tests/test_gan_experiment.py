@@ -94,9 +94,9 @@ def test_eval_gan_writes_the_table_with_floor_and_vae_rows(data_root, mlp_gan_ru
     assert (mlp_gan_run / "nearest_neighbours.png").exists() and "report.md" in proc.stdout
 
 
-RESUMED = {  # WGAN-GP with two critic steps per generator step; the default recipe (R1), conditional
+RESUMED = {  # WGAN-GP with two critic steps per generator step; the R1 recipe, conditional, mode-seeking
     "wgan-gp": ["--loss", "wgan-gp", "--r1-gamma", "0", "--n-disc", "2"],
-    "r1-conditional": ["--conditional", "--n-disc", "2"],
+    "r1-conditional": ["--conditional", "--mode-seeking", "1", "--n-disc", "2"],
 }
 
 
@@ -158,6 +158,7 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
         (["--n-disc", "0"], "--n-disc must be"),
         (["--disc-norm"], "--disc-norm: a gradient penalty"),
         (["--r1-gamma", "-1"], "--r1-gamma"),
+        (["--mode-seeking", "-0.5"], "--mode-seeking"),
         (["--conditional", "--dataset", "imagefolder", "--image-folder", "."], "--conditional needs"),
         (
             [

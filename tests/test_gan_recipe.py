@@ -84,6 +84,7 @@ def test_conditional_networks_use_the_label_and_the_projection_is_an_inner_produ
     gen.eval()  # BatchNorm on running statistics: each image on its own
     a, b = gen(z, torch.tensor([0, 0, 0, 0])), gen(z, torch.tensor([0, 3, 0, 7]))
     assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])  # the label changes only its own image
+    assert gen.net[0].in_channels == 32 and gen.embed.weight.shape == (10, 16)  # reads [z, embed(y)]
     x, y = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3, 4])
     h = disc.net[:-1](x)  # (4, 2W, 7, 7): what the last layer reads
     assert disc.embed.weight.shape == (10, 16)  # one weight per channel and class
@@ -95,6 +96,31 @@ def test_conditional_networks_use_the_label_and_the_projection_is_an_inner_produ
     plain = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)[1]
     plain.load_state_dict({k: v for k, v in disc.state_dict().items() if not k.startswith("embed")})
     torch.testing.assert_close(disc(x, y), plain(x))  # a zero projection: the unconditional critic
+
+
+def test_mode_seeking_term_matches_its_pairwise_definition_and_punishes_a_generator_ignoring_z():
+    from losses.gan import mode_seeking
+
+    torch.manual_seed(0)
+    fake, z, y = torch.randn(6, 1, 3, 3), torch.randn(6, 5), torch.tensor([0, 1, 0, 2, 1, 0])
+    ratios = [
+        (fake[i] - fake[j]).abs().mean() / (z[i] - z[j]).abs().mean()
+        for i in range(6)
+        for j in range(6)
+        if i != j and y[i] == y[j]
+    ]
+    expected = 1 / (torch.stack(ratios).mean() + 1e-5)
+    torch.testing.assert_close(mode_seeking(fake, z, y), expected)
+    every_pair = [
+        (fake[i] - fake[j]).abs().mean() / (z[i] - z[j]).abs().mean()
+        for i in range(6)
+        for j in range(6)
+        if i != j
+    ]
+    torch.testing.assert_close(mode_seeking(fake, z), 1 / (torch.stack(every_pair).mean() + 1e-5))
+    per_label = fake[y]  # one image per label, whatever z: the collapse the term is for
+    assert mode_seeking(per_label, z, y) > 1e4 * mode_seeking(fake, z, y)
+    assert mode_seeking(fake, z, torch.arange(6)) == 0  # no two images share a label: nothing to compare
 
 
 def test_conditional_r1_gan_step_donates_bitwise_and_labels_reach_both_players():
