@@ -27,6 +27,11 @@ ROWS = {  # row -> flags of experiments.gan; everything else is make train-gan's
 METRICS = ("fid", "precision", "recall", "is")
 
 
+def _short(row: str) -> str:
+    """A row's name on the command line and in run folders: "default: ..." -> "default"."""
+    return row.split(":")[0].replace(" ", "-").lower()
+
+
 @dataclass(frozen=True)
 class GANLossesConfig(Config):
     dataset: str = option("mnist", "data set", DATASET_NAMES)
@@ -36,12 +41,16 @@ class GANLossesConfig(Config):
     out: str = option("runs/gan-losses", "folder of the runs")
     table: str = option("docs/gan-losses.md", "markdown file the table is written to")
     args: str = option("", "more experiments.gan flags for every run, e.g. '--arch mlp --width 16'")
+    losses: tuple[str, ...] = option(tuple(map(_short, ROWS)), "comma-separated rows to run (all by default)")
     progress: bool = option(False, "show each run's progress bar")
 
     def __post_init__(self):
         super().__post_init__()
         self.require(self.steps >= 1 and len(self.seeds) >= 1, "--steps and --seeds must not be empty")
         self.require(self.eval_samples >= 10, "--eval-samples must be at least 10")
+        known = tuple(map(_short, ROWS))
+        unknown = [name for name in self.losses if name not in known]
+        self.require(not unknown, f"--losses: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
 
 
 def run_one(cfg: GANLossesConfig, flags: list[str], seed: int, run_dir: Path) -> dict:
@@ -105,7 +114,8 @@ def main(argv=None):
     cfg, _ = parse_config(GANLossesConfig, argv, "python -m experiments.gan_losses", __doc__)
     t0, out, results = time.perf_counter(), Path(cfg.out), {}
     for row, flags in ROWS.items():
-        name = row.split(":")[0].replace(" ", "-").lower()
+        if (name := _short(row)) not in cfg.losses:
+            continue
         results[row] = [run_one(cfg, flags, s, out / f"{name}-seed{s}") for s in cfg.seeds]
         print(
             f"{row}: " + ", ".join(f"{m} {statistics.fmean(f[m] for f in results[row]):.3f}" for m in METRICS)

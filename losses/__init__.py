@@ -3,7 +3,7 @@
 from losses.ae import make_ae_loss, reconstruction_loss
 from losses.gan import GAN_LOSSES, GANLoss, gradient_penalty, make_gan_loss
 from losses.reconstruction import bernoulli_nll, squared_error
-from losses.vae import elbo, gaussian_kl, log_importance_weights, make_elbo_loss
+from losses.vae import elbo, gaussian_kl, log_importance_weights, make_elbo_loss, make_iwae_loss
 
 __all__ = [
     "bernoulli_nll",
@@ -13,6 +13,7 @@ __all__ = [
     "gaussian_kl",
     "elbo",
     "make_elbo_loss",
+    "make_iwae_loss",
     "log_importance_weights",
     "GAN_LOSSES",
     "GANLoss",

@@ -48,6 +48,16 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0):
     return loss_fn
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _log_px_pz(logits, x, z):
+    """log p(x|z) + log p(z) of K draws: logits (K*B, C, H, W), x (B, C, H, W), z (K, B, Z) -> (K, B)."""
+    k = len(z)
+    log_px = -bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
+    return log_px + -0.5 * (z.float().square() + LOG_2PI).sum(-1)
+
+
 def log_importance_weights(model, x, eps):
     """log p(x|z) + log p(z) - log q(z|x) for z = mu + sigma * eps: x (B,1,H,W), eps (K,B,Z) -> (B,K).
 
@@ -56,9 +66,63 @@ def log_importance_weights(model, x, eps):
     mu, logvar = model.encode(x)  # (B, Z) each
     mu, logvar = mu.float(), logvar.float()
     z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z)
-    logits = model.decode(z.flatten(0, 1))  # (K*B, 1, H, W)
-    log_px = -bernoulli_nll(logits, x.expand(len(eps), *x.shape).flatten(0, 1)).view(len(eps), -1)
-    log2pi = math.log(2 * math.pi)
-    log_pz = -0.5 * (z.square() + log2pi).sum(-1)  # (K, B)
-    log_qz = -0.5 * (eps.square() + log2pi + logvar).sum(-1)  # (K, B)
-    return (log_px + log_pz - log_qz).T
+    log_qz = -0.5 * (eps.square() + LOG_2PI + logvar).sum(-1)  # (K, B)
+    return (_log_px_pz(model.decode(z.flatten(0, 1)), x, z) - log_qz).T
+
+
+def _detached(params: dict, prefix: str) -> dict:
+    """params with the entries under `prefix` (e.g. "decoder.") cut from the graph."""
+    return {k: (v.detach() if k.startswith(prefix) else v) for k, v in params.items()}
+
+
+def _decoder(params: dict) -> dict:
+    """A VAE's decoder params, named as the decoder module names them."""
+    return {k.removeprefix("decoder."): v for k, v in params.items() if k.startswith("decoder.")}
+
+
+def make_iwae_loss(model, dreg: bool = False):
+    """loss_fn(params, buffers, batch) for the IWAE bound (Burda et al. 2015) with K = batch["eps"]'s
+    second dimension (B, K, Z); the loss value is -log (1/K) sum_k w_k, batch mean, nats per image.
+
+    dreg: the doubly-reparameterised gradient (Tucker et al. 2018) for the encoder, sum_k w~_k^2
+    d log w_k / dz_k dz_k/dphi with q's density held fixed (w~: normalised weights), which removes
+    the score term whose variance grows with K; the decoder keeps the IWAE gradient sum_k w~_k
+    d log p(x, z_k). The two come from two decoder passes (z held fixed in the second), so a DReG
+    step costs one extra decoder forward and backward. K=1 without dreg is the ELBO's gradient.
+    model: a VAE whose forward(x, eps) takes eps (K, B, Z) and returns (logits (K*B, ...), mu, logvar).
+    """
+
+    def loss_fn(params, buffers, batch):
+        x, eps = batch["x"], batch["eps"].transpose(0, 1)  # eps: (K, B, Z)
+        forward_params = _detached(params, "decoder.") if dreg else params  # DReG: the encoder's pass
+        (logits, mu, logvar), buffers = call_module(model, forward_params, buffers, x, eps)
+        mu, logvar, eps = mu.float(), logvar.float(), eps.float()
+        z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z): the draws the model decoded
+        log_pxz = _log_px_pz(logits, x, z)
+        if dreg:  # q's density with its parameters held fixed: phi reaches log w through z only
+            log_qz = -0.5 * ((z - mu.detach()).square() / logvar.detach().exp() + LOG_2PI + logvar.detach())
+        else:
+            log_qz = -0.5 * (eps.square() + LOG_2PI + logvar)
+        log_w = log_pxz - log_qz.sum(-1)  # (K, B)
+        bound = torch.logsumexp(log_w, 0) - math.log(len(eps))  # (B,)
+        loss = -bound.mean()
+        if dreg:
+            w = torch.softmax(log_w.detach(), 0)  # normalised weights, (K, B)
+            encoder_part = -(w.square() * log_w).sum(0).mean()  # decoder held fixed above
+            z_fixed = z.detach()  # the decoder's pass: theta only
+            logits_fixed, _ = call_module(
+                model.decoder, _decoder(params), {}, z_fixed.flatten(0, 1).to(logits.dtype)
+            )
+            decoder_part = -(w * _log_px_pz(logits_fixed, x, z_fixed)).sum(0).mean()
+            surrogate = encoder_part + decoder_part
+            loss = surrogate - surrogate.detach() + loss.detach()  # the bound's value, DReG's gradient
+        log_q = log_qz.sum(-1).detach()
+        metrics = {
+            "neg_iwae": -bound.mean().detach(),
+            "neg_elbo": -log_w.mean().detach(),  # K draws' average of the one-sample ELBO
+            "recon": -(log_pxz.detach() + 0.5 * (z.detach().square() + LOG_2PI).sum(-1)).mean(),
+            "kl": (log_q + 0.5 * (z.detach().square() + LOG_2PI).sum(-1)).mean(),  # Monte Carlo
+        }
+        return loss, Aux(metrics, buffers)
+
+    return loss_fn

@@ -45,9 +45,10 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x, eps):
+        """eps (B, Z): one draw per image; (K, B, Z): K draws each, decoded as (K*B, C, H, W) logits."""
         mu, logvar = self.encode(x)
         z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
-        return self.decode(z), mu, logvar
+        return self.decode(z.flatten(0, -2)), mu, logvar
 
 
 def _pair(arch: str, out_dim: int, latent_dim: int):

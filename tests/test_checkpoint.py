@@ -142,7 +142,7 @@ def straight_run(data_root, tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("k", [100, 234, 300])  # mid-epoch 1, epoch boundary, mid-epoch 2
+@pytest.mark.parametrize("k", [100, 234])  # mid-epoch 1, the epoch boundary
 def test_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path, straight_run, k):
     _train(data_root, tmp_path / "split", k)
     _train(data_root, tmp_path / "split", N, resume=True)

@@ -190,22 +190,32 @@ def test_eval_gan_refuses_a_run_that_is_not_a_gan(data_root, tmp_path):
 def test_gan_loss_comparison_writes_mean_and_std_per_loss_and_reuses_finished_runs(data_root, tmp_path):
     table, out = tmp_path / "losses.md", tmp_path / "runs"
     args = ["--args", "--arch mlp --width 8 --no-compile --batch-size 32", "--steps", "3", "--seeds", "0,1"]
-    args += ["--eval-samples", "50", "--out", out, "--table", table]
+    args += ["--eval-samples", "50", "--out", out, "--table", table, "--losses", "hinge,wgan-gp,default"]
     run_cli("experiments.gan_losses", args, data_root)
     text = table.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
-    assert [r.split(" | ")[0] for r in rows] == [
-        "| non-saturating", "| hinge", "| least-squares", "| WGAN-GP", "| default: non-saturating + R1"
-    ]  # fmt: skip
+    assert [r.split(" | ")[0] for r in rows] == ["| hinge", "| WGAN-GP", "| default: non-saturating + R1"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{n}-seed{s}" for n in ("default", "hinge", "wgan-gp") for s in (0, 1)
+    ]
     scores = json.loads((out / "wgan-gp-seed1" / "comparison.json").read_text())
     assert {"fid", "precision", "recall", "is", "wall_s"} <= scores.keys()
     assert json.loads((out / "wgan-gp-seed1" / "config.json").read_text())["loss"] == "wgan-gp"
+    assert json.loads((out / "default-seed0" / "config.json").read_text())["r1_gamma"] > 0
     fid = [json.loads((out / f"hinge-seed{s}" / "comparison.json").read_text())["fid"] for s in (0, 1)]
     mean = sum(fid) / 2
     assert f"| hinge | {mean:.2f} ± {abs(fid[0] - fid[1]) / 2**0.5:.2f} |" in text
     before = {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")}
     run_cli("experiments.gan_losses", args, data_root)  # every run finished: nothing retrains
     assert {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")} == before
+
+
+def test_loss_comparison_refuses_an_unknown_loss():
+    from experiments.gan_losses import GANLossesConfig
+    from harness.config import UsageError, parse_config
+
+    with pytest.raises(UsageError, match="--losses: unknown minimax; choose from non-saturating, hinge"):
+        parse_config(GANLossesConfig, ["--losses", "hinge,minimax"], "gan_losses")
 
 
 def test_exported_fp16_generator_scores_like_the_run_and_the_baseline_curve_is_drawn(

@@ -105,7 +105,7 @@ def reference(data_root, tmp_path_factory):
 def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(data_root, tmp_path, reference):
     ref, train_s = reference
     rng, killed_at = random.Random(0), []
-    for trial in range(10):
+    for trial in range(6):
         run_dir = tmp_path / f"trial{trial}"
         proc = _start(data_root, [*ARGS, "--run-dir", run_dir])
         if trial >= 2:  # the first two trials die anywhere from start-up on, the rest during training
@@ -124,7 +124,7 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(data
         assert (run_dir / "final.json").read_text() == (ref / "final.json").read_text(), trial
         assert len(list_checkpoints(run_dir)) <= 2 and not list(run_dir.rglob(".*tmp*"))
     mid_training = [n for n in killed_at if n and n != step_path(ref, STEPS).name]
-    assert len(mid_training) >= 4, killed_at  # most kills did land inside training
+    assert len(mid_training) >= 3, killed_at  # most kills did land inside training
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
