@@ -38,11 +38,11 @@ def _save(fig, path) -> None:
 
 
 def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, title: str) -> None:
-    """One panel per (label, metric): train_<metric> and test_<metric> against epoch."""
+    """One panel per (label, metric): train_, val_ and test_<metric> against epoch (those present)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     epochs = [r["epoch"] for r in records]
     for ax, (label, key) in zip(axes[0], panels):
-        for split, style in (("train", "-o"), ("test", "--s")):
+        for split, style in (("train", "-o"), ("val", ":^"), ("test", "--s")):
             values = [r.get(f"{split}_{key}") for r in records]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, markersize=3, label=split)

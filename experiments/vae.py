@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 import engine
+from engine.checkpoint import atomic_write
 from evaluation.plots import plot_curves, save_image_grid, save_image_rows
-from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
-from losses import make_elbo_loss
+from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
+from harness.run import split_off
+from harness.world import barrier
+from losses import make_elbo_loss, make_iwae_loss
 from models import ARCHS, build_vae
+
+OBJECTIVES = ("elbo", "iwae")
 
 
 @dataclass(frozen=True)
@@ -19,13 +27,30 @@ class VAEConfig(RunConfig):
     latent_dim: int = option(20, "size of the latent code z")
     beta: float = option(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     kl_warmup: int = option(0, "steps over which the KL weight ramps up from 0 to beta")
+    objective: str = option("elbo", "training objective: elbo, or the IWAE bound with --k draws", OBJECTIVES)
+    k: int = option(1, "importance samples per image for --objective iwae")
+    dreg: bool = option(
+        False, "--objective iwae: the doubly-reparameterised encoder gradient (Tucker et al. 2018)"
+    )
+    val_split: int = option(
+        0, "hold out N training images: per-epoch scores and model selection on them, test scored once"
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.require(self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
+        self.require(self.k >= 1, f"--k must be at least 1, got {self.k}")
+        self.require(self.val_split >= 0, f"--val-split must be >= 0, got {self.val_split}")
+        iwae = self.objective == "iwae"
+        self.require(iwae or (self.k == 1 and not self.dreg), "--k and --dreg need --objective iwae")
+        self.require(
+            not iwae or (self.beta == 1 and not self.kl_warmup),
+            "--beta and --kl-warmup are for --objective elbo",
+        )
 
     def tag(self) -> str:
-        return f"{self.arch}-z{self.latent_dim}"
+        objective = f"-iwae{self.k}" + ("-dreg" if self.dreg else "") if self.objective == "iwae" else ""
+        return f"{self.arch}-z{self.latent_dim}{objective}"
 
 
 def save_plots(run: Run, model, state, records) -> None:
@@ -55,23 +80,66 @@ def main(argv=None):
     run = Run.start(VAEConfig, argv, "vae")
     cfg = run.config
     model = build_vae(cfg.arch, cfg.latent_dim).to(run.device)
-    loss_fn = make_elbo_loss(model, beta=cfg.beta, kl_warmup_steps=cfg.kl_warmup)
+    if cfg.objective == "iwae":
+        loss_fn = make_iwae_loss(model, dreg=cfg.dreg)
+    else:
+        loss_fn = make_elbo_loss(model, beta=cfg.beta, kl_warmup_steps=cfg.kl_warmup)
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
         loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
         all_reduce=run.all_reduce,  # None unless launched with torchrun
     )  # fmt: skip
-    noise = {"eps": (cfg.latent_dim,)}  # reparameterisation noise, drawn by the loader on device
+    # reparameterisation noise, drawn by the loader on device: (B, Z), or (B, K, Z) for the IWAE bound
+    noise = {"eps": (cfg.k, cfg.latent_dim) if cfg.objective == "iwae" else (cfg.latent_dim,)}
     evaluate = run.evaluator(loss_fn, noise)
+    val = None
+    if cfg.val_split:
+        if cfg.val_split >= len(run.train.images):
+            raise UsageError(f"--val-split {cfg.val_split} leaves no training images")
+        run.train, val = split_off(run.train, cfg.val_split, seed=VAL_SEED)
+    scored = evaluate if val is None else run.evaluator(loss_fn, noise, data=val, split="val")
+
+    def on_epoch_end(s, record):
+        save_plots(run, model, s, read_metrics(run.run_dir))
+        if val is not None:
+            keep_if_best(run.run_dir, s, record)
+
+    split = scored.split
     state = run.fit(
         step,
         run.init_state(model, optimizer),
         run.loader(noise),
-        evaluate,
-        on_epoch_end=lambda s, _: save_plots(run, model, s, read_metrics(run.run_dir)),
-        summary=("train_loss", "test_loss", "test_kl"),
+        scored,
+        on_epoch_end=on_epoch_end,
+        summary=("train_loss", f"{split}_loss", f"{split}_kl"),
     )
+    if val is not None:  # the test split scores the epoch chosen on validation, and only that one
+        barrier()
+        state = selected(run.run_dir, state)
     return run.finish(state, evaluate)
+
+
+VAL_SEED = 2024  # which training images --val-split holds out (fixed: the same for every run)
+
+
+def keep_if_best(run_dir: Path, state, record: dict) -> None:
+    """best.safetensors and best.json: the weights of the epoch with the lowest validation loss so far."""
+    best = run_dir / "best.json"
+    if best.exists() and json.loads(best.read_text())["val_loss"] <= record["val_loss"]:
+        return
+    engine.save_weights(run_dir / "best.safetensors", state.params, state.buffers)
+    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss")}) + "\n"
+    atomic_write(best, lambda tmp: tmp.write_text(text))
+
+
+def selected(run_dir: Path, state):
+    """state with the params and buffers of best.safetensors (the rest, optimizer included, as is)."""
+    weights = load_file(str(run_dir / "best.safetensors"), device=str(state.step.device))
+    chosen = json.loads((run_dir / "best.json").read_text())
+    print(f"selected epoch {chosen['epoch']} (val loss {chosen['val_loss']:.4f})")
+    params = {k: weights[k].to(v.dtype) for k, v in state.params.items()}
+    buffers = {k: weights[k].to(v.dtype) for k, v in state.buffers.items()}
+    return state._replace(params=params, buffers=buffers)
 
 
 if __name__ == "__main__":

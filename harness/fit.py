@@ -269,8 +269,9 @@ def _epoch_record(epoch, done, history, elapsed, ran, loader, evaluate, state) -
     if skipped:  # updates not applied because a loss or gradient was inf/nan (fp16: loss-scale overflows)
         flags = torch.stack([torch.stack([m[k] for k in skipped]) for m in history])
         record["skipped_nonfinite"] = int(flags.sum())
-    if evaluate is not None:
-        record.update({f"test_{k}": v for k, v in evaluate(state).items()})
+    if evaluate is not None:  # evaluate.split names the split it scores (test unless it says)
+        split = getattr(evaluate, "split", "test")
+        record.update({f"{split}_{k}": v for k, v in evaluate(state).items()})
     record["epoch_time_s"] = round(elapsed, 3)  # this process's share of the epoch, when resumed
     record["samples_per_s"] = round(ran * loader.batch_size / elapsed, 1)
     return record

@@ -148,16 +148,21 @@ def resolve_device(name: str) -> torch.device:
 HELD_OUT = 0.1  # share of an image folder kept out of training, to score against (at least one image)
 
 
+def split_off(data: Dataset, n: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(the rest, n images) of a split: a fixed seeded shuffle, its last n held out."""
+    perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(seed)).to(
+        data.images.device
+    )
+    keep, held = perm[: len(perm) - n], perm[len(perm) - n :]
+    return Dataset(data.images[keep], data.labels[keep]), Dataset(data.images[held], data.labels[held])
+
+
 def held_out_split(data: Dataset, fraction: float = HELD_OUT, seed: int = 0) -> tuple[Dataset, Dataset]:
     """(train, held out) of a folder's images: a fixed seeded shuffle, the last max(1, fraction * N)
     held out; a single image is both (nothing to hold out)."""
-    n = len(data.images)
-    if n < 2:
+    if len(data.images) < 2:
         return data, data
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.images.device)
-    held = max(1, int(n * fraction))
-    train, test = perm[: n - held], perm[n - held :]
-    return Dataset(data.images[train], data.labels[train]), Dataset(data.images[test], data.labels[test])
+    return split_off(data, max(1, int(len(data.images) * fraction)), seed)
 
 
 def load_splits(cfg, device) -> tuple[Dataset, Dataset]:
@@ -253,14 +258,17 @@ class Run:
         except ValueError as e:
             raise UsageError(str(e)) from None
 
-    def evaluator(self, loss_fn, noise=None):
-        """evaluate(state) -> test-set means of the loss and its metrics (fixed noise each time)."""
+    def evaluator(self, loss_fn, noise=None, data: Dataset | None = None, split: str = "test"):
+        """evaluate(state) -> means of the loss and its metrics over `data` (the test split by
+        default; fixed binarisation and noise each time); evaluate.split names it in metrics.jsonl."""
         eval_step = make_eval_step(loss_fn, precision=self.config.precision)
 
         def evaluate(state) -> dict[str, float]:
-            batches = eval_batches(self.test, EVAL_BATCH, TEST_SEED, noise, self.dynamic_binarize)
+            images = self.test if data is None else data
+            batches = eval_batches(images, EVAL_BATCH, TEST_SEED, noise, self.dynamic_binarize)
             return evaluate_mean(eval_step, state, batches, self.world)  # sharded over ranks
 
+        evaluate.split = split
         return evaluate
 
     def fit(

@@ -121,6 +121,7 @@ def _one_error_line(proc):
         (["--resume", "/nonexistent/run"], "holds no checkpoint"),
         (["--keep", "0"], "--keep must be at least 1"),
         (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
+        (["--val-split", "60000"], "--val-split 60000 leaves no training images"),
     ],
 )
 def test_bad_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
@@ -181,3 +182,55 @@ def test_sigint_checkpoints_and_exits_130(data_root, tmp_path):
     assert int(state["step"]) >= 117  # epoch 1 is 117 steps at batch 512
     run_cli("experiments.vae", ["--no-progress", "--epochs", "2", "--resume", run], data_root)
     assert [r["epoch"] for r in _records(run)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--k", "5"], "--k and --dreg need --objective iwae"),
+        (["--dreg"], "--k and --dreg need --objective iwae"),
+        (["--objective", "iwae", "--k", "0"], "--k must be at least 1"),
+        (["--objective", "iwae", "--beta", "2"], "--beta and --kl-warmup are for --objective elbo"),
+        (["--val-split", "-1"], "--val-split must be >= 0"),
+    ],
+)
+def test_objective_flags_are_checked(args, words):
+    from experiments.vae import VAEConfig
+    from harness import UsageError, parse_config
+
+    with pytest.raises(UsageError, match=words):
+        parse_config(VAEConfig, args, "vae")
+
+
+def test_val_split_scores_epochs_on_validation_and_the_test_split_once_for_the_selected_epoch(
+    data_root, tmp_path
+):
+    run_dir = tmp_path / "run"
+    args = ["--arch", "mlp", "--latent-dim", "4", "--objective", "iwae", "--k", "3", "--dreg"]
+    args += ["--val-split", "59000", "--epochs", "3", "--batch-size", "100", "--lr", "3e-3"]
+    out = run_cli("experiments.vae", [*args, "--no-progress", "--run-dir", run_dir], data_root).stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_loss" in r and not any(k.startswith("test_") for k in r) for r in records)
+    best = min(records, key=lambda r: r["val_loss"])
+    chosen = json.loads((run_dir / "best.json").read_text())
+    assert (chosen["epoch"], chosen["val_loss"]) == (best["epoch"], best["val_loss"])
+    assert f"selected epoch {best['epoch']}" in out
+    model, kept = load_file(str(run_dir / "model.safetensors")), load_file(str(run_dir / "best.safetensors"))
+    assert model.keys() == kept.keys() and all(torch.equal(model[k], kept[k]) for k in model)
+    final = json.loads((run_dir / "final.json").read_text())  # the test split, scored once at the end
+    assert final["loss"] == final["neg_iwae"] and final["neg_elbo"] > final["neg_iwae"] > 50
+
+
+def test_keep_if_best_keeps_the_lowest_validation_loss(tmp_path):
+    from engine import adam, init_state
+    from experiments.vae import keep_if_best, selected
+
+    model = build_vae("mlp", 2)
+    state = init_state(model, adam(1e-3))
+    for epoch, loss in enumerate([5.0, 3.0, 4.0], start=1):
+        marked = state._replace(params={k: torch.full_like(v, epoch) for k, v in state.params.items()})
+        keep_if_best(tmp_path, marked, {"epoch": epoch, "step": 10 * epoch, "val_loss": loss})
+    assert json.loads((tmp_path / "best.json").read_text()) == {"epoch": 2, "step": 20, "val_loss": 3.0}
+    chosen = selected(tmp_path, state)
+    assert all(torch.equal(v, torch.full_like(v, 2)) for v in chosen.params.values())
+    assert chosen.opt is state.opt and chosen.step is state.step
