@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -75,14 +76,17 @@ def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tu
         _, m = elbo(sampled, x_te, mu_te, logvar_te)
         kl_dims = gaussian_kl(mu_te, logvar_te).mean(0)  # (Z,)
         subset = nll_subset(x_te, iwae_images)
+        t0 = time.perf_counter()
+        nll = iwae_nll(model, subset, z_dim, iwae_k, TEST_SEED + 3)
         out.update(
             neg_elbo=float(m["neg_elbo"]),
             kl=float(m["kl"]),
             active_units=metrics.active_units(mu_te),
             kl_per_dim=kl_dims.tolist(),
-            nll=iwae_nll(model, subset, z_dim, iwae_k, TEST_SEED + 3),
+            nll=nll,
             iwae_k=iwae_k,
             iwae_images=len(subset),
+            nll_wall_s=round(time.perf_counter() - t0, 1),
         )
     return out, {"x": x_te, "labels": test.labels, "mu": mu_te}
 

@@ -107,7 +107,8 @@ def _table(columns: list[tuple[str, dict]]) -> list[str]:
 
 def _settings(cfg: dict, result: dict) -> str:
     nll = (
-        f"; NLL from k={result['iwae_k']} importance samples on {result['iwae_images']} test images"
+        f"; NLL from k={result['iwae_k']} importance samples on {result['iwae_images']:,} test images"
+        + (f" ({result['nll_wall_s']:,.0f} s)" if "nll_wall_s" in result else "")
         if "nll" in result
         else ""
     )

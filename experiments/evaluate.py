@@ -29,6 +29,11 @@ class EvaluateConfig(Config):
 def main(argv=None):
     args, _ = parse_config(EvaluateConfig, argv, "python -m experiments.evaluate", __doc__)
     cfg, model, result, tensors = evaluate_run(args.run_dir, args.iwae_k, args.iwae_images, args.device)
+    if "nll" in result:
+        shown = (
+            f"NLL {result['nll']:.2f} nats (IWAE k={result['iwae_k']}, {result['iwae_images']:,} test images"
+        )
+        print(f"{shown}, {result['nll_wall_s']:,.1f} s)")
     print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
     return result
 

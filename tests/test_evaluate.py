@@ -78,6 +78,7 @@ def test_compare_writes_a_report_from_measured_numbers(short_runs):
     assert ae["pca_mse"] == pytest.approx(0.0557, abs=5e-4)  # PCA at 2 dims on MNIST (issue 3)
     assert vae["nll"] <= vae["neg_elbo"] + 0.5  # the IWAE bound is at least as tight as the ELBO
     assert vae["active_units"] <= 2 and len(vae["kl_per_dim"]) == 2
+    assert (vae["iwae_k"], vae["iwae_images"]) == (20, 300) and vae["nll_wall_s"] > 0
     assert 0.3 < ae["knn_acc"] <= 1 and 0.3 < vae["knn_acc"] <= 1
     report = (out / "report.md").read_text()
     assert f"{ae['mse']:.4f}" in report and f"{vae['nll']:.2f}" in report
