@@ -7,8 +7,13 @@ from torch import nn
 
 from models.conv import ConvDecoder, ConvEncoder
 from models.mlp import MLPDecoder, MLPEncoder
+from models.resnet import ResDecoder, ResEncoder
 
-ARCHS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+ARCHS = {
+    "mlp": (MLPEncoder, MLPDecoder),
+    "conv": (ConvEncoder, ConvDecoder),
+    "resnet": (ResEncoder, ResDecoder),
+}
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
 
 
@@ -61,7 +66,8 @@ def _pair(arch: str, out_dim: int, latent_dim: int):
 
 
 def build_ae(arch: str, latent_dim: int) -> AE:
-    """`mlp`: 784-400-Z; `conv`: two stride-2 conv stages and a 256-unit layer each way."""
+    """`mlp`: 784-400-Z; `conv`: two stride-2 conv stages and a 256-unit layer each way; `resnet`: the
+    conv pair with a residual block after each stage."""
     return AE(*_pair(arch, latent_dim, latent_dim))
 
 

@@ -114,7 +114,7 @@ def _one_error_line(proc):
     "args,words",
     [
         (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--arch", "resnet"], "invalid choice"),
+        (["--arch", "transformer"], "invalid choice"),
         (["--lr", "-1"], "--lr must be positive"),
         (["--bogus"], "unrecognized arguments"),
         (["--batch-size", "100000"], "exceeds the 60000 training images"),
