@@ -51,11 +51,25 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0):
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _log_px_pz(logits, x, z):
-    """log p(x|z) + log p(z) of K draws: logits (K*B, C, H, W), x (B, C, H, W), z (K, B, Z) -> (K, B)."""
-    k = len(z)
-    log_px = -bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
-    return log_px + -0.5 * (z.float().square() + LOG_2PI).sum(-1)
+def _log_px(logits, x, k: int):
+    """log p(x|z) of K draws per image: logits (K*B, C, H, W), x (B, C, H, W) -> (K, B)."""
+    return -bernoulli_nll(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
+
+
+def _log_terms(logits, x, mu, logvar, eps, q_fixed: bool = False):
+    """(log p(x|z), log p(z), log q(z|x)), each (K, B), of the K draws z = mu + sigma * eps
+    (eps (K, B, Z)) that the decoder turned into logits (K*B, C, H, W). q_fixed: q's density with mu
+    and logvar held fixed, so the encoder reaches it through z only (DReG); otherwise in eps form."""
+    mu, logvar, eps = mu.float(), logvar.float(), eps.float()
+    z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z)
+    log_px = _log_px(logits, x, len(z))
+    log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
+    if q_fixed:
+        mu, logvar = mu.detach(), logvar.detach()
+        log_qz = -0.5 * ((z - mu).square() / logvar.exp() + LOG_2PI + logvar).sum(-1)
+    else:
+        log_qz = -0.5 * (eps.square() + LOG_2PI + logvar).sum(-1)
+    return log_px, log_pz, log_qz
 
 
 def log_importance_weights(model, x, eps):
@@ -63,11 +77,9 @@ def log_importance_weights(model, x, eps):
 
     The IWAE bound is logmeanexp over K of these (evaluation.likelihood.iwae_bound); K=1 is the ELBO.
     """
-    mu, logvar = model.encode(x)  # (B, Z) each
-    mu, logvar = mu.float(), logvar.float()
-    z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z)
-    log_qz = -0.5 * (eps.square() + LOG_2PI + logvar).sum(-1)  # (K, B)
-    return (_log_px_pz(model.decode(z.flatten(0, 1)), x, z) - log_qz).T
+    logits, mu, logvar = model(x, eps)  # the K draws decoded as (K*B, 1, H, W)
+    log_px, log_pz, log_qz = _log_terms(logits, x, mu, logvar, eps)
+    return (log_px + log_pz - log_qz).T
 
 
 def _detached(params: dict, prefix: str) -> dict:
@@ -96,32 +108,23 @@ def make_iwae_loss(model, dreg: bool = False):
         x, eps = batch["x"], batch["eps"].transpose(0, 1)  # eps: (K, B, Z)
         forward_params = _detached(params, "decoder.") if dreg else params  # DReG: the encoder's pass
         (logits, mu, logvar), buffers = call_module(model, forward_params, buffers, x, eps)
-        mu, logvar, eps = mu.float(), logvar.float(), eps.float()
-        z = mu + eps * torch.exp(0.5 * logvar)  # (K, B, Z): the draws the model decoded
-        log_pxz = _log_px_pz(logits, x, z)
-        if dreg:  # q's density with its parameters held fixed: phi reaches log w through z only
-            log_qz = -0.5 * ((z - mu.detach()).square() / logvar.detach().exp() + LOG_2PI + logvar.detach())
-        else:
-            log_qz = -0.5 * (eps.square() + LOG_2PI + logvar)
-        log_w = log_pxz - log_qz.sum(-1)  # (K, B)
+        log_px, log_pz, log_qz = _log_terms(logits, x, mu, logvar, eps, q_fixed=dreg)
+        log_w = log_px + log_pz - log_qz  # (K, B)
         bound = torch.logsumexp(log_w, 0) - math.log(len(eps))  # (B,)
         loss = -bound.mean()
         if dreg:
             w = torch.softmax(log_w.detach(), 0)  # normalised weights, (K, B)
             encoder_part = -(w.square() * log_w).sum(0).mean()  # decoder held fixed above
-            z_fixed = z.detach()  # the decoder's pass: theta only
-            logits_fixed, _ = call_module(
-                model.decoder, _decoder(params), {}, z_fixed.flatten(0, 1).to(logits.dtype)
-            )
-            decoder_part = -(w * _log_px_pz(logits_fixed, x, z_fixed)).sum(0).mean()
+            z = (mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)).detach()  # the decoder's pass: theta only
+            logits_fixed, _ = call_module(model.decoder, _decoder(params), {}, z.flatten(0, 1))
+            decoder_part = -(w * _log_px(logits_fixed, x, len(z))).sum(0).mean()
             surrogate = encoder_part + decoder_part
             loss = surrogate - surrogate.detach() + loss.detach()  # the bound's value, DReG's gradient
-        log_q = log_qz.sum(-1).detach()
         metrics = {
             "neg_iwae": -bound.mean().detach(),
             "neg_elbo": -log_w.mean().detach(),  # K draws' average of the one-sample ELBO
-            "recon": -(log_pxz.detach() + 0.5 * (z.detach().square() + LOG_2PI).sum(-1)).mean(),
-            "kl": (log_q + 0.5 * (z.detach().square() + LOG_2PI).sum(-1)).mean(),  # Monte Carlo
+            "recon": -log_px.mean().detach(),
+            "kl": (log_qz - log_pz).mean().detach(),  # Monte Carlo
         }
         return loss, Aux(metrics, buffers)
 

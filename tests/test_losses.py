@@ -94,7 +94,16 @@ def test_iwae_loss_is_the_iwae_bound_and_its_gradient_is_autograds():
     reference_model = model  # the same weights through the evaluation's route
     for n, p in reference_model.named_parameters():
         p.data.copy_(params[n].detach())
-    reference = -iwae_bound(log_importance_weights(reference_model, x, eps.transpose(0, 1))).mean()
+    log_w = log_importance_weights(reference_model, x, eps.transpose(0, 1))  # (B, K)
+    with torch.no_grad():  # the same weights from torch.distributions, term by term
+        mu, logvar = reference_model.encode(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        z = mu + eps.transpose(0, 1) * q.scale  # (K, B, Z)
+        logits = reference_model.decode(z.flatten(0, 1)).view(len(z), *x.shape)
+        log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(2).sum(-1)
+        by_hand = log_px + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+    torch.testing.assert_close(log_w, by_hand.T, rtol=1e-5, atol=1e-3)
+    reference = -iwae_bound(log_w).mean()
     expected = torch.autograd.grad(reference, list(reference_model.parameters()))
     torch.testing.assert_close(loss, reference)
     for a, b in zip(ours, expected, strict=True):
