@@ -43,8 +43,8 @@ class Generator(nn.Module):
 
     classes > 0: conditional; the label's learned embedding (Z numbers) is concatenated to z, so the
     first layer reads 2Z inputs (Miyato and Koyama 2018 feed it through conditional BatchNorm; an input
-    embedding is the smallest form). A first version added the embedding to z: its MNIST runs ignored z
-    and drew one image per class, since z and the label then share every input direction.
+    embedding is the smallest form). Added to z or concatenated, the MNIST runs ignored z and drew one
+    image per class until the generator's loss gained losses.gan.mode_seeking.
     Unconditional: y is ignored.
     """
 
