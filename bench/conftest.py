@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import harness
-from bench.report import PEAKS, ROWS, SCALING, SKIPPED, machine, peer_ratios, summary
+from bench.report import E2E, PEAKS, ROWS, SCALING, SKIPPED, machine, peer_ratios, summary
 from bench.roofline import matmul_peak
 from bench.timing import QUICK, ROUNDS, TARGET_S
 
@@ -74,7 +74,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_terminal_summary(terminalreporter, config):
     """Print the markdown summary and write it as summary.md beside the JSON (or in bench/results/)."""
-    if not (ROWS or SCALING):
+    if not (ROWS or SCALING or E2E):
         return
     text = summary(ROUNDS, TARGET_S)
     terminalreporter.write_line("\n" + text)

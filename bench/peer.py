@@ -18,11 +18,14 @@ class ClassicVAE(nn.Module):
         self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
         self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
 
+    def decode(self, z):
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
     def forward(self, x):
         h1 = F.relu(self.fc1(x.view(-1, 784)))
         mu, logvar = self.fc21(h1), self.fc22(h1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+        return self.decode(z), mu, logvar
 
 
 def classic_loss(recon_x, x, mu, logvar):

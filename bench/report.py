@@ -15,6 +15,7 @@ ROWS: list[dict] = []  # one per measured case, in run order
 PEAKS: dict[tuple[str, str], dict] = {}  # (device, precision) -> roofline.matmul_peak(...)
 SKIPPED: dict[str, str] = {}  # case id -> skip reason
 SCALING: list[dict] = []  # data-parallel rows of bench/test_scaling.py
+E2E: list[dict] = []  # bench/test_end_to_end.py: whole programs, back to back
 
 
 def cpu_name() -> str:
@@ -157,6 +158,27 @@ def _case_lines(rounds: int, target_s: float) -> list[str]:
     ]
 
 
+def _e2e_lines(rows: list[dict]) -> list[str]:
+    """Whole programs back to back, and where the command's time went."""
+    if not rows:
+        return []
+    lines = ["", "End to end (bench/test_end_to_end.py): the mlp VAE, batch 128, launch to exit, in turn:"]
+    lines += ["", "| program | epochs | wall s | final test loss |", "|---|---|---|---|"]
+    for r in rows:
+        classic = "pytorch/examples vae/main.py (bench/classic_vae.py)"
+        ours = "python -m experiments.vae --arch mlp (warm compile cache)"
+        lines.append(f"| {classic} | {r['epochs']} | {r['classic_s']:.1f} | {r['classic_test_loss']:.2f} |")
+        lines.append(f"| {ours} | {r['epochs']} | {r['ours_s']:.1f} | {r['ours_test_loss']:.2f} |")
+        cold, warm = r["first_step_cold_s"], r["first_step_warm_s"]
+        first = f"{cold:.1f} s with empty compile caches, {warm:.1f} s warm"
+        lines += ["", f"The command finished {r['speedup']:.2f}x sooner. Launch to the end of its 1st step: "]
+        lines[-1] += f"{first}.\n\nWhere the command's time went (timings.json, seconds):\n"
+        phases = {k: v for k, v in r["phases"].items() if k != "to_first_step"}
+        lines += ["| " + " | ".join(phases) + " |", "|" + "---|" * len(phases)]
+        lines.append("| " + " | ".join(f"{v:.1f}" for v in phases.values()) + " |")
+    return lines
+
+
 def summary(rounds: int, target_s: float) -> str:
     """The markdown summary: machine, the case table, matmul peaks, compile times, data-parallel
     scaling, skipped cases."""
@@ -165,6 +187,7 @@ def summary(rounds: int, target_s: float) -> str:
         f"Machine: {machine()}",
         *_case_lines(rounds, target_s),
         *_scaling_lines(SCALING),
+        *_e2e_lines(E2E),
         *(
             ["", f"NCCL scaling across GPUs: not measured by this suite ({gpus} GPUs here)."]
             if SCALING

@@ -54,6 +54,7 @@ def make_gan_step(
     donate: bool = False,
     scaler_config: ScalerConfig = ScalerConfig(),
     all_reduce: Callable[[dict], dict] | None = None,
+    cache=None,
 ) -> Callable[[GANState, dict], tuple[GANState, dict]]:
     """Build `step(state, batch) -> (state, metrics)` for a GAN.
 
@@ -64,7 +65,7 @@ def make_gan_step(
     chunk (z, y and x), as pytorch/examples' DCGAN reuses its fake batch. Each player's update is
     the single-model pure step of engine.step (gradient, fp16 loss scaling, optimizer), so both
     share its precision policy; the whole thing is one compiled region.
-    all_reduce: as make_train_step's, once per player update.
+    all_reduce: as make_train_step's, once per player update. cache: as compile_step's.
     """
     if n_disc < 1:
         raise ValueError(f"n_disc must be at least 1, got {n_disc}")
@@ -90,7 +91,7 @@ def make_gan_step(
         ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
-    return compile_step(step, compile, donate)
+    return compile_step(step, compile, donate, cache)
 
 
 def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:

@@ -31,6 +31,8 @@ class _ListOps:
         self.foreach = foreach
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # pickle and copy probe dunders before __init__ ran: not ops
+            raise AttributeError(name)
         if self.foreach:
             return getattr(torch, f"_foreach_{name}")
 

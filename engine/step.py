@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
 from engine.optim import Optimizer
@@ -35,6 +38,7 @@ def make_train_step(
     donate: bool = False,
     scaler_config: ScalerConfig = ScalerConfig(),
     all_reduce: Callable[[dict], dict] | None = None,
+    cache: str | Path | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Build `step(state, batch) -> (state, metrics)`.
 
@@ -44,13 +48,14 @@ def make_train_step(
     the input state's storage; the result is bitwise the same as donate=False. all_reduce (data
     parallel, e.g. engine.mean_over_ranks) maps a flat dict of tensors to their means
     over the ranks; the step calls it once, between gradient and update, on the gradients, the
-    metrics and the float buffers together, so every rank applies the same update.
+    metrics and the float buffers together, so every rank applies the same update. cache: a file
+    for the compiled step (compile_step's).
     """
     pure = make_pure_train_step(
         loss_fn, optimizer, precision=precision, donate=donate, scaler_config=scaler_config,
         all_reduce=all_reduce,
     )  # fmt: skip
-    return compile_step(pure, compile, donate)
+    return compile_step(pure, compile, donate, cache)
 
 
 def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
@@ -75,6 +80,7 @@ def make_pure_train_step(
     donate: bool = False,
     scaler_config: ScalerConfig = ScalerConfig(),
     all_reduce: Callable[[dict], dict] | None = None,
+    cache: str | Path | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The uncompiled pure step that make_train_step compiles (and make_vmapped_train_step vmaps);
     compose it into a larger step (as the GAN step does) and compile the whole with compile_step."""
@@ -168,10 +174,17 @@ def _resolve(compile, device_type: str) -> str | None:
     return COMPILE_MODES.get(compile, compile)  # a name above, or a torch.compile mode as it is
 
 
-def compile_step(step, compile: bool | str | None = None, donate: bool = False):
+def compile_step(step, compile: bool | str | None = None, donate: bool = False, cache=None):
     """The whole step as one torch.compile(fullgraph=True) region. compile: True / False, None or
     "auto" (the per-device default, resolved at the first call), a COMPILE_MODES name or a
     torch.compile mode.
+
+    cache: a file for the compiled step (torch.compile's ahead-of-time artifact: traced, lowered and
+    serialised once, loaded by a later process in about a second instead of traced again). The
+    caller names the file so that it changes whenever the step would (its code, model, loss and
+    hyperparameters: they are baked into the artifact); torch's guards still check the inputs'
+    shapes, dtypes and devices at the first call, and any failure to load, match or save falls back
+    to compiling as without a cache. Not for CUDA graphs.
 
     CUDA graphs ("cudagraphs" = "reduce-overhead"): a replay overwrites the outputs of the one
     before, so the state must not live in the graph's memory pool. A donated step (donate=True,
@@ -185,7 +198,12 @@ def compile_step(step, compile: bool | str | None = None, donate: bool = False):
         device_type = state.step.device.type  # TrainState and GANState both have .step
         if device_type not in compiled:
             mode = _resolve(compile, device_type)
-            fn = step if mode is None else torch.compile(step, fullgraph=True, mode=mode)
+            if mode is None:
+                fn = step
+            elif cache is not None and mode not in _GRAPHED:
+                fn = _cached(step, mode, (state, batch), Path(cache))
+            else:
+                fn = torch.compile(step, fullgraph=True, mode=mode)
             if mode in _GRAPHED and donate:
                 tree_map(torch._dynamo.mark_static_address, state)
             compiled[device_type] = (fn, mode in _GRAPHED)
@@ -199,3 +217,48 @@ def compile_step(step, compile: bool | str | None = None, donate: bool = False):
         return new, {k: v.clone() for k, v in metrics.items()}
 
     return run
+
+
+def _modules(fn) -> dict[str, nn.Module]:
+    """The nn.Modules a step's closures hold (they are not serialisable: the artifact refers to them
+    by these names), in a fixed order: the same step built again finds them under the same names."""
+    found, seen, todo = {}, set(), [fn]
+    while todo:
+        obj = todo.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found[f"module{len(found)}"] = obj
+        elif callable(obj) and getattr(obj, "__closure__", None):
+            todo += [cell.cell_contents for cell in obj.__closure__ if cell.cell_contents is not None]
+    return found
+
+
+def _cached(step, mode: str, args: tuple, path: Path):
+    """The compiled step from the artifact at path, or compiled ahead of time and saved there; a
+    failure anywhere gives torch.compile's usual lazily compiled step instead."""
+    lazy = torch.compile(step, fullgraph=True, mode=mode)
+    modules = _modules(step)
+    try:
+        if path.exists():
+            with path.open("rb") as f:
+                loaded = torch.compiler.load_compiled_function(
+                    f, f_globals=step.__globals__, external_data=modules
+                )
+            if loaded.guard_check(*args):
+                return loaded
+        fn = torch.compile(step, fullgraph=True, mode=mode).aot_compile((args, {}))
+    except Exception as e:  # an experimental torch API: never let it stop a run
+        _note(f"compiled-step cache {path} not used", e)
+        return lazy
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fn.save_compiled_function(str(path), external_data=modules)  # written atomically
+    except Exception as e:
+        _note(f"compiled step not saved to {path}", e)
+    return fn
+
+
+def _note(what: str, error: Exception) -> None:
+    print(f"note: {what} ({type(error).__name__}: {error})"[:300], file=sys.stderr)

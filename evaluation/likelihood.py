@@ -6,8 +6,8 @@ import math
 from collections.abc import Iterable
 
 import torch
-from tqdm import tqdm
 
+from harness.progress import bar
 from losses import log_importance_weights
 
 
@@ -27,9 +27,10 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def iwae_nll(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100) -> float:
-    """Mean -log p(x) estimated by the IWAE bound with k samples, streamed over k in chunks
-    (memory ~ images_per_pass * k_per_pass * 784 floats, whatever k is)."""
+def iwae_bounds(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100) -> torch.Tensor:
+    """(N,) IWAE bounds on log p(x) with k samples, per image, streamed over k in chunks (memory ~
+    images_per_pass * k_per_pass * 784 floats, whatever k is); a progress bar with an ETA on a
+    terminal."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
 
     def chunks(xb):  # (images, kc) log weights, kc <= k_per_pass, drawn in order
@@ -37,11 +38,23 @@ def iwae_nll(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per
             eps = torch.randn(min(k_per_pass, k - j), len(xb), z_dim, generator=gen, device=x.device)
             yield log_importance_weights(model, xb, eps)
 
-    bounds = [
-        streamed_iwae_bound(chunks(x[i : i + images_per_pass]))
-        for i in tqdm(range(0, len(x), images_per_pass), desc=f"IWAE k={k}", leave=False)
-    ]
-    return -float(torch.cat(bounds).mean())
+    bounds = []
+    with bar(total=len(x), desc=f"NLL (IWAE k={k})", unit="img", leave=False) as shown:
+        for i in range(0, len(x), images_per_pass):
+            bounds.append(streamed_iwae_bound(chunks(x[i : i + images_per_pass])))
+            shown.update(len(bounds[-1]))
+    return torch.cat(bounds)
+
+
+def iwae_nll(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100) -> float:
+    """Mean -log p(x) over x estimated by the IWAE bound with k samples (iwae_bounds' mean)."""
+    return -float(iwae_bounds(model, x, z_dim, k, seed, images_per_pass, k_per_pass).mean())
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of values' mean (0 for a single value): how far the mean over a subset of
+    test images may sit from the mean over all of them."""
+    return float(values.double().std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def nll_subset(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -5,14 +5,40 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+
+class _Lazy:
+    """A module imported at its first use: matplotlib and torchvision cost about a second of start-up,
+    which a run need not pay before its first step (its first figure comes after an epoch)."""
+
+    def __init__(self, load):
+        self._load, self._module = load, None
+
+    def __getattr__(self, name):
+        if self._module is None:
+            self._module = self._load()
+        return getattr(self._module, name)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+plt = _Lazy(_pyplot)
+ticker = _Lazy(lambda: __import__("matplotlib.ticker").ticker)
+Image = _Lazy(lambda: __import__("PIL.Image").Image)
+
+
+def make_grid(*args, **kwargs):
+    from torchvision.utils import make_grid
+
+    return make_grid(*args, **kwargs)
 
 
 def _grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
@@ -47,7 +73,7 @@ def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, title:
             if any(v is not None for v in values):
                 ax.plot(epochs, values, style, markersize=3, label=split)
         ax.set(xlabel="epoch", ylabel=label, title=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -103,7 +129,7 @@ def plot_bars(
     for i, (name, vals) in enumerate(series.items()):
         ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(n)], vals, width, label=name or None)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3, axis="y")
     if len(series) > 1:
         ax.legend()

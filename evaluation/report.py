@@ -108,6 +108,7 @@ def _table(columns: list[tuple[str, dict]]) -> list[str]:
 def _settings(cfg: dict, result: dict) -> str:
     nll = (
         f"; NLL from k={result['iwae_k']} importance samples on {result['iwae_images']:,} test images"
+        + (f" (standard error over the images {result['nll_se']:.2f})" if result.get("nll_se") else "")
         + (f" ({result['nll_wall_s']:,.0f} s)" if "nll_wall_s" in result else "")
         if "nll" in result
         else ""

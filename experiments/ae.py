@@ -9,6 +9,7 @@ import torch
 import engine
 from evaluation.plots import plot_curves, save_image_rows
 from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
+from harness.timing import Throttled
 from losses import make_ae_loss
 from losses.ae import RECONSTRUCTIONS
 from models import ARCHS, build_ae
@@ -54,16 +55,14 @@ def main(argv=None):
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
         loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce,  # None unless launched with torchrun
+        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
     )  # fmt: skip
     evaluate = run.evaluator(loss_fn)
+    plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
     state = run.fit(
-        step,
-        run.init_state(model, optimizer),
-        run.loader(),
-        evaluate,
-        on_epoch_end=lambda s, _: save_plots(run, model, s, read_metrics(run.run_dir)),
+        step, run.init_state(model, optimizer), run.loader(), evaluate, on_epoch_end=lambda s, _: plots(s)
     )
+    plots.flush()  # the last epoch's figures, if the throttle skipped them
     return run.finish(state, evaluate)
 
 

@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.autoencoders import evaluate_run
+from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run
 from evaluation.report import write_compare_report, write_run_report
 from experiments import ae, vae
+from experiments.evaluate import nll_line
 from harness import Config, DataError, main_guard, option, parse_config
 from harness.config import BINARIZE, DATASET_NAMES
 from models import ARCHS
@@ -48,8 +49,9 @@ class CompareConfig(Config):
     latent_dim: int = option(2, "size of both codes")
     epochs: int = option(10, "passes over the training set, each model")
     binarize: str = option("none", "dynamic: fresh Bernoulli pixels each time an image is used", BINARIZE)
-    iwae_k: int = option(1000, "importance samples for the VAE's NLL")
-    iwae_images: int = option(0, "NLL on a seeded subset of N test images (0: all)")
+    iwae_k: int = option(QUICK_K, "importance samples for the VAE's NLL")
+    iwae_images: int = option(QUICK_IMAGES, "NLL on a seeded subset of N test images (0: all)")
+    full: bool = option(False, f"the papers' NLL protocol: k={FULL_K} over every test image (hours on a CPU)")
     out: str = option("", "output folder; empty: runs/compare-<dataset>-<arch>-z<dim>")
     compile: bool = option(True, "compile the train steps")
     progress: bool = option(True, "show progress bars")
@@ -80,7 +82,10 @@ def main(argv=None):
     for kind in ("ae", "vae"):
         run_dir = out / kind
         train_or_reuse(kind, run_dir, wanted, extra)
-        cfg, model, result, tensors = evaluate_run(run_dir, args.iwae_k, args.iwae_images)
+        k, images = (FULL_K, FULL_IMAGES) if args.full else (args.iwae_k, args.iwae_images)
+        cfg, model, result, tensors = evaluate_run(run_dir, k, images)
+        if "nll" in result:
+            print(nll_line(result))
         write_run_report(run_dir, cfg, model, result, tensors)
         pair[kind], pair[f"{kind}_dir"] = (cfg, model, result, tensors), run_dir
     print(f"wrote {write_compare_report(out, pair)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.autoencoders import evaluate_run
+from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run
 from evaluation.report import write_run_report
 from harness import Config, main_guard, option, parse_config
 from harness.config import DEVICES
@@ -15,8 +15,9 @@ from harness.config import DEVICES
 @dataclass(frozen=True)
 class EvaluateConfig(Config):
     run_dir: str = option("", "a finished run of experiments.ae or experiments.vae", positional=True)
-    iwae_k: int = option(1000, "importance samples per image for the NLL")
-    iwae_images: int = option(0, "NLL on a seeded subset of N test images (0: all)")
+    iwae_k: int = option(QUICK_K, "importance samples per image for the NLL")
+    iwae_images: int = option(QUICK_IMAGES, "NLL on a seeded subset of N test images (0: all)")
+    full: bool = option(False, f"the papers' protocol: k={FULL_K} over every test image (hours on a CPU)")
     device: str = option("auto", "where tensors live", DEVICES)
 
     def __post_init__(self):
@@ -28,14 +29,19 @@ class EvaluateConfig(Config):
 @main_guard
 def main(argv=None):
     args, _ = parse_config(EvaluateConfig, argv, "python -m experiments.evaluate", __doc__)
-    cfg, model, result, tensors = evaluate_run(args.run_dir, args.iwae_k, args.iwae_images, args.device)
+    k, images = (FULL_K, FULL_IMAGES) if args.full else (args.iwae_k, args.iwae_images)
+    cfg, model, result, tensors = evaluate_run(args.run_dir, k, images, args.device)
     if "nll" in result:
-        shown = (
-            f"NLL {result['nll']:.2f} nats (IWAE k={result['iwae_k']}, {result['iwae_images']:,} test images"
-        )
-        print(f"{shown}, {result['nll_wall_s']:,.1f} s)")
+        print(nll_line(result))
     print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
     return result
+
+
+def nll_line(result: dict) -> str:
+    """NLL, its standard error over the test images scored, k and the wall time, in one line."""
+    se = f" +- {result['nll_se']:.2f} (standard error over the images)" if result.get("nll_se") else ""
+    how = f"IWAE k={result['iwae_k']}, {result['iwae_images']:,} test images, {result['nll_wall_s']:,.1f} s"
+    return f"NLL {result['nll']:.2f}{se} nats ({how})"
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ def main(argv=None):
     step = engine.make_gan_step(
         *gan, g_opt, d_opt, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
         precision=cfg.precision, compile=cfg.compile, donate=cfg.donate, all_reduce=run.all_reduce,
+        cache=run.step_cache(),
     )  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     classified = cfg.dataset in CLASSIFIED

@@ -11,9 +11,9 @@ import matplotlib
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, write_png
-from tqdm import tqdm
 
 from harness import Config, UsageError, main_guard, option, parse_config
+from harness.progress import bar
 
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")  # matplotlib's two photographs
 
@@ -66,7 +66,7 @@ def main(argv=None):
         raise UsageError(f"{out} exists and is not empty; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     crops = random_crops(sample_photos(), args.count, args.size, args.seed)
-    for i, crop in enumerate(tqdm(crops, desc="writing crops", unit="img")):
+    for i, crop in enumerate(bar(crops, desc="writing crops", unit="img")):
         write_png(crop, str(out / f"crop-{i:05d}.png"))
     print(f"wrote {len(crops)} crops of {args.size}x{args.size} into {out}")
 

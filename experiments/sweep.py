@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import engine
 from engine import make_vmapped_train_step, tree_map, with_hyperparams
@@ -33,6 +32,7 @@ from harness import (
 from harness.config import BINARIZE, DATASET_NAMES
 from harness.data import load_dataset
 from harness.loader import eval_batches, fixed_images
+from harness.progress import bar as progress_bar
 from harness.run import TEST_SEED
 from losses import make_elbo_loss
 from models import ARCHS, build_vae
@@ -81,7 +81,7 @@ def unstack_state(state, i: int):
 def _train(step, state, loader, total: int, extra: dict, desc: str, progress: bool):
     """`total` steps of `step` over the loader's epochs; `extra` entries join every batch."""
     done = 0
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, enabled=progress, leave=False) as bar:
         while done < total:
             for batch in loader:
                 state, _ = step(state, {**batch, **extra})

@@ -14,6 +14,7 @@ from engine.checkpoint import atomic_write
 from evaluation.plots import plot_curves, save_image_grid, save_image_rows
 from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
 from harness.run import split_off
+from harness.timing import Throttled
 from harness.world import barrier
 from losses import make_elbo_loss, make_iwae_loss
 from models import ARCHS, build_vae
@@ -87,7 +88,7 @@ def main(argv=None):
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
         loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce,  # None unless launched with torchrun
+        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
     )  # fmt: skip
     # reparameterisation noise, drawn by the loader on device: (B, Z), or (B, K, Z) for the IWAE bound
     noise = {"eps": (cfg.k, cfg.latent_dim) if cfg.objective == "iwae" else (cfg.latent_dim,)}
@@ -99,8 +100,10 @@ def main(argv=None):
         run.train, val = split_off(run.train, cfg.val_split, seed=VAL_SEED)
     scored = evaluate if val is None else run.evaluator(loss_fn, noise, data=val, split="val")
 
+    plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
+
     def on_epoch_end(s, record):
-        save_plots(run, model, s, read_metrics(run.run_dir))
+        plots(s)
         if val is not None:
             keep_if_best(run.run_dir, s, record)
 
@@ -113,6 +116,7 @@ def main(argv=None):
         on_epoch_end=on_epoch_end,
         summary=("train_loss", f"{split}_loss", f"{split}_kl"),
     )
+    plots.flush()  # the last epoch's figures, if the throttle skipped them
     if val is not None:  # the test split scores the epoch chosen on validation, and only that one
         barrier()
         state = selected(run.run_dir, state)

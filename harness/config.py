@@ -76,7 +76,7 @@ class RunConfig(Config):
     # Flags a resumed run may change; every other flag must match the saved config.
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "checkpoint_every", "keep", "skip_nonfinite", "progress", "resume",
-        "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32",
+        "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32", "compile_cache",
     )  # fmt: skip
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
@@ -109,6 +109,10 @@ class RunConfig(Config):
     download: bool = option(False, "try torchvision's downloader when data files are missing")
     target_loss: float = option(0.0, "exit 1 if the final test loss is above this (0: no target)")
     progress: bool = option(True, "show a progress bar")
+    compile_cache: bool = option(
+        True, "keep the compiled step on disk ($PURESTEP_CACHE, default ~/.cache/purestep): the next run "
+        "of the same model and flags starts in about a second instead of compiling again"
+    )  # fmt: skip
 
     def __post_init__(self):
         if isinstance(self.compile, bool):  # a config.json written when --compile was a switch

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from engine.state import flatten_state
+from harness import progress
 from harness.loader import Loader
 from harness.rundir import (
     METRICS,
@@ -26,6 +26,7 @@ from harness.rundir import (
     trim_logs,
     write_checkpoint,
 )
+from harness.timing import PHASES
 from harness.world import World, any_rank
 
 
@@ -120,9 +121,10 @@ class _Saver:
     def save(self, state, done: int, history: list[dict]) -> None:
         if done == self.last_step or not self.main:  # e.g. SIGINT right after a --checkpoint-every write
             return
-        _assert_finite(state, done, self.last)
-        extra = {"loader": self.loader.state_dict(), "history": stack_history(history)}
-        self.last = write_checkpoint(self.run_dir, done, state, extra, self.config, self.keep)
+        with PHASES("checkpoints"):
+            _assert_finite(state, done, self.last)
+            extra = {"loader": self.loader.state_dict(), "history": stack_history(history)}
+            self.last = write_checkpoint(self.run_dir, done, state, extra, self.config, self.keep)
         self.last_step = done
 
 
@@ -182,54 +184,67 @@ def fit(
     history = list(history or [])
     saver, watch = _Saver(run_dir, loader, config, opt.keep, main), _Watch(opt.skip_nonfinite, len(history))
     log = append_record if main else lambda path, record: None
-    stopped = False
+    stopped, first = False, True
     clock = _RunClock(run_dir)
 
     with _StopFlag() as stop:
         while loader.epoch < opt.epochs and not (opt.max_steps and done >= opt.max_steps):
             epoch, ran, t0 = loader.epoch, 0, time.perf_counter()
-            bar = tqdm(
+            bar = progress.bar(
                 total=spe,
                 initial=loader.batch,
                 desc=f"epoch {epoch + 1}/{opt.epochs}",
-                disable=not (opt.progress and main),
-                dynamic_ncols=True,
+                enabled=opt.progress and main,
                 leave=False,
             )
-            for batch in loader:
-                state, metrics = step(state, batch)
-                history.append(metrics)
-                done, ran = done + 1, ran + 1
-                bar.update(1)
-                if done % opt.log_every == 0:  # sync point: non-finite check, running means
+            with PHASES("train steps"):  # less the phases timed inside
+                for batch in loader:
+                    if first:  # this process's first step: tracing and compilation
+                        with PHASES("compile (first step)"):
+                            state, metrics = step(state, batch)
+                            if loader.device.type == "cuda":  # the run's one extra sync: time it whole
+                                torch.cuda.synchronize(loader.device)
+                        PHASES.stepped()
+                        first = False
+                    else:
+                        state, metrics = step(state, batch)
+                    history.append(metrics)
+                    done, ran = done + 1, ran + 1
+                    bar.update(1)
+                    if done % opt.log_every == 0:  # sync point: non-finite check, running means
+                        with PHASES("log syncs"):
+                            watch.check(history, done, saver.last)
+                            recent = _mean_metrics(history[-opt.log_every :], "")
+                            log(run_dir / STEPS, {"step": done, **recent})
+                            rate = ran * loader.batch_size / (time.perf_counter() - t0)
+                            shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
+                            bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
+                    if probe is not None and opt.probe_every and done % opt.probe_every == 0:
+                        images = done * loader.batch_size  # the global batch: real images seen
+                        with PHASES("probes"):
+                            probed = probe(state)
+                        log(run_dir / PROBES, {"step": done, "images": images, **probed, "wall_s": clock()})
+                    if opt.checkpoint_every and done % opt.checkpoint_every == 0 and loader.epoch == epoch:
+                        watch.check(history, done, saver.last)
+                        saver.save(state, done, history)
+                    stopped = _stopping(stop, world, done, opt.log_every, loader.device)
+                    if stopped or (opt.max_steps and done >= opt.max_steps):
+                        break
+                bar.close()
+                with PHASES("log syncs"):
                     watch.check(history, done, saver.last)
-                    recent = _mean_metrics(history[-opt.log_every :], "")
-                    log(run_dir / STEPS, {"step": done, **recent})
-                    rate = ran * loader.batch_size / (time.perf_counter() - t0)
-                    shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
-                    bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
-                if probe is not None and opt.probe_every and done % opt.probe_every == 0:
-                    images = done * loader.batch_size  # the global batch: real images seen
-                    log(run_dir / PROBES, {"step": done, "images": images, **probe(state), "wall_s": clock()})
-                if opt.checkpoint_every and done % opt.checkpoint_every == 0 and loader.epoch == epoch:
-                    watch.check(history, done, saver.last)
-                    saver.save(state, done, history)
-                stopped = _stopping(stop, world, done, opt.log_every, loader.device)
-                if stopped or (opt.max_steps and done >= opt.max_steps):
-                    break
-            bar.close()
-            watch.check(history, done, saver.last)
             if loader.epoch > epoch:  # the epoch is complete: evaluate, record, checkpoint
                 record = _epoch_record(
                     epoch, done, history, time.perf_counter() - t0, ran, loader, evaluate, state
                 )
                 log(run_dir / METRICS, record)  # before the checkpoint: a resume past it trims it
                 if on_epoch_end is not None and main:
-                    on_epoch_end(state, record)
+                    with PHASES("epoch-end plots"):
+                        on_epoch_end(state, record)
                 history, watch.checked = [], 0
                 saver.save(state, done, history)
                 if main:
-                    tqdm.write(_summary(record, opt.summary))
+                    progress.say(_summary(record, opt.summary))
             else:  # stopped inside the epoch: the checkpoint keeps the cursor and the epoch's metrics
                 saver.save(state, done, history)
             if stopped:
@@ -271,7 +286,9 @@ def _epoch_record(epoch, done, history, elapsed, ran, loader, evaluate, state) -
         record["skipped_nonfinite"] = int(flags.sum())
     if evaluate is not None:  # evaluate.split names the split it scores (test unless it says)
         split = getattr(evaluate, "split", "test")
-        record.update({f"{split}_{k}": v for k, v in evaluate(state).items()})
+        with PHASES("evaluation"):
+            scores = evaluate(state)
+        record.update({f"{split}_{k}": v for k, v in scores.items()})
     record["epoch_time_s"] = round(elapsed, 3)  # this process's share of the epoch, when resumed
     record["samples_per_s"] = round(ran * loader.batch_size / elapsed, 1)
     return record

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_image
-from tqdm import tqdm
 
 from harness.data import DataError, Dataset
+from harness.progress import bar
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-insensitively
 PROGRESS_OVER = 500  # show a progress bar when decoding more files than this
@@ -76,7 +76,7 @@ def load_image_folder(
         raise DataError(f"image folder {root} {what}")
     files = image_files(root)
     images, skipped, large = [], [], []
-    for file in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=len(files) <= PROGRESS_OVER):
+    for file in bar(files, desc=f"decoding {root.name}", unit="img", enabled=len(files) > PROGRESS_OVER):
         name = file.relative_to(root).as_posix()
         try:
             if _pixels(file) > max_pixels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ from harness.data import DataError, Dataset, load_dataset
 from harness.fit import LoopOptions, NonFiniteError, fit
 from harness.loader import Loader, eval_batches, evaluate_mean
 from harness.rundir import has_checkpoint, lock_run_dir, resume_state
+from harness.timing import PHASES
 from harness.world import World, barrier, broadcast_state, check_same_on_all_ranks, init_world
 
 EVAL_BATCH = 1000
@@ -195,6 +197,7 @@ class Run:
         """Parse flags, pick/restore the run directory and config, seed, and load the data.
 
         The default run directory is runs/<experiment>-<dataset>-<config.tag()>."""
+        PHASES.begin_run()
         prog = f"python -m experiments.{experiment}"
         cfg, given = parse_config(config_cls, argv, prog=prog, description=description)
         if not cfg.run_dir and not cfg.resume:
@@ -222,7 +225,8 @@ class Run:
         if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
             run.save_config()
         torch.manual_seed(cfg.seed)  # weight initialisation
-        run.train, run.test = load_splits(cfg, run.device)
+        with PHASES("data"):
+            run.train, run.test = load_splits(cfg, run.device)
         return run
 
     @property
@@ -238,6 +242,39 @@ class Run:
         saved = {"experiment": self.experiment, **dataclasses.asdict(self.config)}
         text = json.dumps(saved, indent=2) + "\n"
         atomic_write(self.run_dir / "config.json", lambda tmp: tmp.write_text(text))
+
+    def step_cache(self, name: str = "step") -> Path | None:
+        """The file for this run's compiled `name` step (engine.compile_step's cache), or None
+        (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes everything the compiled code depends on: the
+        experiment and every flag but those that only steer the loop (run directory, seed, ...),
+        the data-parallel world size, the device, torch and Python, and the source of the project's
+        engine, losses, models and experiments: any change compiles afresh."""
+        cfg, where = self.config, os.environ.get("PURESTEP_CACHE", "")
+        if not cfg.compile_cache or where == "off":
+            return None
+        loop_only = {"run_dir", "resume", "progress", "keep", "checkpoint_every", "download", "seed",
+                     "compile_cache", "max_steps"}  # fmt: skip
+        flags = {
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k not in loop_only and not k.startswith("target")
+        }
+        salt = [
+            self.experiment,
+            name,
+            flags,
+            self.world.size,
+            str(self.device),
+            torch.__version__,
+            sys.version,
+        ]
+        h = hashlib.sha256(json.dumps(salt, sort_keys=True, default=str).encode())
+        root = Path(__file__).resolve().parent.parent
+        for package in ("engine", "losses", "models", "experiments"):
+            for source in sorted((root / package).glob("*.py")):
+                h.update(source.read_bytes())
+        base = Path(where or Path.home() / ".cache" / "purestep")
+        return base / "steps" / f"{self.experiment}-{name}-{h.hexdigest()[:16]}.aot"
 
     def init_state(self, model, optimizer):
         """Fresh state for the model (with a loss scaler under fp16)."""
@@ -304,13 +341,17 @@ class Run:
         """Save plain weights ({file stem: (params, buffers)}; default model.safetensors), print the
         final test metrics, and enforce --target-<key> (exit 1 when the metric is above it)."""
         main = self.world.main
-        for stem, (params, buffers) in (weights or {"model": (state.params, state.buffers)}).items():
-            if main:
-                save_weights(self.run_dir / f"{stem}.safetensors", params, buffers)
-        final = evaluate(state)  # every rank: the evaluation may be sharded
+        with PHASES("checkpoints"):
+            for stem, (params, buffers) in (weights or {"model": (state.params, state.buffers)}).items():
+                if main:
+                    save_weights(self.run_dir / f"{stem}.safetensors", params, buffers)
+        with PHASES("evaluation"):
+            final = evaluate(state)  # every rank: the evaluation may be sharded
         if main:
             (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
             print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+            PHASES.write(self.run_dir)  # where this process's time went: timings.json
+            print(PHASES.line(), flush=True)
         target = getattr(self.config, f"target_{target_key}")
         if target and not final[target_key] <= target:
             flag = f"--target-{target_key}"

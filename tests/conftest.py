@@ -9,6 +9,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# no compiled-step cache in ~/.cache (here and in the commands tests launch): a test's run never
+# reads or leaves one behind; the cache's own tests name their folders
+os.environ["PURESTEP_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -73,12 +73,14 @@ def short_runs(data_root, tmp_path_factory):
 
 
 def test_compare_writes_a_report_from_measured_numbers(short_runs):
-    out, _ = short_runs
+    out, proc = short_runs
     ae, vae = (json.loads((out / k / "eval.json").read_text()) for k in ("ae", "vae"))
     assert ae["pca_mse"] == pytest.approx(0.0557, abs=5e-4)  # PCA at 2 dims on MNIST (issue 3)
     assert vae["nll"] <= vae["neg_elbo"] + 0.5  # the IWAE bound is at least as tight as the ELBO
     assert vae["active_units"] <= 2 and len(vae["kl_per_dim"]) == 2
     assert (vae["iwae_k"], vae["iwae_images"]) == (20, 300) and vae["nll_wall_s"] > 0
+    assert 0.3 < vae["nll_se"] < 5  # per-image NLLs spread by tens of nats: s.e. = std / sqrt(300)
+    assert f"NLL {vae['nll']:.2f} +- {vae['nll_se']:.2f}" in proc.stdout
     assert 0.3 < ae["knn_acc"] <= 1 and 0.3 < vae["knn_acc"] <= 1
     report = (out / "report.md").read_text()
     assert f"{ae['mse']:.4f}" in report and f"{vae['nll']:.2f}" in report
@@ -105,3 +107,19 @@ def test_compare_reuses_finished_runs(short_runs, data_root):
 def test_eval_of_a_missing_run_is_one_line(tmp_path, data_root):
     proc = run_cli("experiments.evaluate", [tmp_path], data_root, expect=2)
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_full_asks_for_the_papers_protocol_and_the_default_is_a_quick_subset(monkeypatch, tmp_path):
+    from experiments import evaluate
+
+    asked = []
+
+    def fake(run_dir, k, images, device):
+        asked.append((k, images))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", fake)
+    for argv in ([str(tmp_path)], [str(tmp_path), "--full"]):
+        with pytest.raises(SystemExit):
+            evaluate.main(argv)
+    assert asked == [(1000, 500), (5000, 0)]

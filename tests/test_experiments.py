@@ -26,11 +26,23 @@ def _is_png(path):
 
 def test_vae_learns_and_writes_its_run_directory(data_root, tmp_path):
     run = tmp_path / "vae"
-    run_cli(
+    proc = run_cli(
         "experiments.vae",
         [*FAST, "--arch", "mlp", "--epochs", "2", "--run-dir", run, "--target-loss", "135"],
         data_root,
     )
+    # not on a terminal (as under nohup): one plain line per epoch, no progress bar redraws
+    assert "\r" not in proc.stdout + proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch 1",
+        "epoch 2",
+    ]
+    timings = json.loads((run / "timings.json").read_text())  # where the command's time went
+    phases = {k: v for k, v in timings.items() if k not in ("total", "to_first_step")}
+    assert {"start-up (imports)", "data", "train steps", "evaluation", "epoch-end plots"} <= phases.keys()
+    assert sum(phases.values()) == pytest.approx(timings["total"], abs=0.05)
+    assert 0 < timings["to_first_step"] < timings["total"]
+    assert any(line.startswith("wall ") and "train steps" in line for line in proc.stdout.splitlines())
     r1, r2 = _records(run)
     assert r2["train_loss"] < r1["train_loss"] and r2["test_loss"] < r1["test_loss"] < 160
     assert r2["test_neg_elbo"] == pytest.approx(r2["test_recon"] + r2["test_kl"], rel=1e-5)

@@ -1,0 +1,142 @@
+"""Where a command's time goes (harness.timing), the throttle on per-epoch figures, quiet logs off a
+terminal, and the compiled-step cache (engine.compile_step(cache=...)) against the uncached step."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import engine
+from engine.state import Aux, flatten_state
+from harness import progress
+from harness.timing import Phases, Throttled
+
+
+def test_phases_count_each_second_once_nested_blocks_apart():
+    phases = Phases(start=time.time())
+    with phases("outer"):
+        time.sleep(0.05)
+        with phases("inner"):
+            time.sleep(0.1)
+    with phases("inner"):
+        time.sleep(0.05)
+    t = phases.table()
+    assert t["inner"] == pytest.approx(0.15, abs=0.03) and t["outer"] == pytest.approx(0.05, abs=0.03)
+    assert sum(v for k, v in t.items() if k != "total") == pytest.approx(t["total"], abs=0.002)
+    phases.stepped()
+    assert phases.table()["to_first_step"] <= phases.table()["total"]
+    phases.begin_run()  # a second run in the same process: a fresh table, no imports counted
+    assert phases.seconds == {} and phases.first_step is None
+
+
+def test_throttled_skips_while_its_cost_would_exceed_its_share_and_flushes_the_last_call():
+    calls = []
+
+    def draw(i):
+        calls.append(i)
+        time.sleep(0.02)
+
+    plots = Throttled(draw, share=0.1)  # 20 ms a drawing: at most one per 200 ms
+    for i in range(5):
+        plots(i)
+    assert calls == [0]
+    plots.flush()
+    assert calls == [0, 4]  # the newest skipped call, once
+    plots.flush()
+    assert calls == [0, 4]
+    time.sleep(0.25)
+    plots(5)
+    assert calls == [0, 4, 5]
+
+
+def test_progress_bars_only_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
+    assert list(progress.bar(range(3), desc="x")) == [0, 1, 2]
+    progress.say("epoch 1: loss 1.0")
+    out, err = capsys.readouterr()
+    assert out == "epoch 1: loss 1.0\n" and err == ""
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    assert not progress.bar(range(3)).disable
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _build(cache, donate=True):
+    torch.manual_seed(0)
+    net = _Net()
+
+    def loss_fn(params, buffers, batch):
+        out, buffers = engine.call_module(net, params, buffers, batch["x"])
+        loss = ((out - batch["y"]) ** 2).mean()
+        return loss, Aux({"mse": loss}, buffers)
+
+    opt = engine.adam(1e-2)
+    step = engine.make_train_step(loss_fn, opt, compile=True, donate=donate, cache=cache)
+    return step, engine.init_state(net, opt)
+
+
+def _run(step, state, n=4):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        x = torch.randn(32, 6, generator=g)
+        state, metrics = step(state, {"x": x, "y": x.sum(1, keepdim=True)})
+    return flatten_state(state), metrics
+
+
+def test_the_compiled_step_cache_is_saved_then_loaded_and_bitwise_equal_to_compiling(tmp_path, capsys):
+    ref, ref_metrics = _run(*_build(None))
+    path = tmp_path / "steps" / "net.aot"
+    torch._dynamo.reset()
+    first, _ = _run(*_build(path))  # compiled ahead of time, saved
+    assert path.stat().st_size > 0
+    torch._dynamo.reset()
+    step, state = _build(path)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        calls = torch._dynamo.utils.counters["stats"]["calls_captured"]
+        loaded, metrics = _run(step, state)  # loaded: dynamo traces nothing
+        assert torch._dynamo.utils.counters["stats"]["calls_captured"] == calls
+    for got in (first, loaded):
+        assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert torch.equal(metrics["mse"], ref_metrics["mse"])
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_damaged_cache_file_falls_back_to_compiling_with_a_note(tmp_path, capsys):
+    ref, _ = _run(*_build(None))
+    path = tmp_path / "net.aot"
+    path.write_bytes(b"not a compiled step")
+    torch._dynamo.reset()
+    got, _ = _run(*_build(path))
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert "compiled-step cache" in capsys.readouterr().err
+
+
+def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from experiments.vae import VAEConfig
+    from harness.run import Run
+
+    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
+
+    def path(**flags):
+        return Run(VAEConfig(**flags), Path("r"), torch.device("cpu"), None, None, "vae").step_cache()
+
+    base = path(arch="mlp")
+    assert base.parent == tmp_path / "steps"
+    assert path(arch="mlp", seed=3, run_dir="elsewhere", max_steps=5, progress=False) == base
+    for changed in ({"lr": 2e-3}, {"latent_dim": 8}, {"precision": "bf16"}, {"epochs": 3}, {"arch": "conv"}):
+        assert path(**{"arch": "mlp", **changed}) != base, changed
+    assert path(arch="mlp", compile_cache=False) is None
+    monkeypatch.setenv("PURESTEP_CACHE", "off")
+    assert path(arch="mlp") is None
