@@ -172,8 +172,16 @@ def _e2e_lines(rows: list[dict]) -> list[str]:
         cold, warm = r["first_step_cold_s"], r["first_step_warm_s"]
         first = f"{cold:.1f} s with empty compile caches, {warm:.1f} s warm"
         lines += ["", f"The command finished {r['speedup']:.2f}x sooner. Launch to the end of its 1st step: "]
-        lines[-1] += f"{first}.\n\nWhere the command's time went (timings.json, seconds):\n"
+        lines[-1] += f"{first}."
+        step = next((x for x in ROWS if x["id"] == "mlp_vae-cpu-fp32-compiled-128"), None)
+        rate = r["loop_samples_per_s"]
+        loop = f"The training loop ran {rate:,.0f} samples/s (median epoch after the first)"
+        if step:  # the same case timed alone by test_throughput in this run
+            alone = step["samples_per_s"]
+            loop += f": {100 * rate / alone:.0f}% of the step's rate timed alone in this run ({alone:,.0f})"
+        lines += ["", loop + ".", ""]
         phases = {k: v for k, v in r["phases"].items() if k != "to_first_step"}
+        lines += ["Where the command's time went (timings.json, seconds):", ""]
         lines += ["| " + " | ".join(phases) + " |", "|" + "---|" * len(phases)]
         lines.append("| " + " | ".join(f"{v:.1f}" for v in phases.values()) + " |")
     return lines

@@ -58,6 +58,8 @@ def test_end_to_end(benchmark, tmp_path):
 
     benchmark.pedantic(both, rounds=1, iterations=1)
     ours_loss = json.loads((tmp_path / "ours" / "final.json").read_text())["loss"]
+    epochs = [json.loads(line) for line in (tmp_path / "ours" / "metrics.jsonl").read_text().splitlines()]
+    rates = sorted(r["samples_per_s"] for r in epochs[1:]) or [epochs[0]["samples_per_s"]]  # past compiling
     classic_loss = float(re.findall(r"Test set loss: ([\d.]+)", walls["classic_out"])[-1])
     assert math.isfinite(ours_loss) and math.isfinite(classic_loss)
     row = {
@@ -67,6 +69,7 @@ def test_end_to_end(benchmark, tmp_path):
         "ours_s": walls["ours"],
         "ours_test_loss": ours_loss,
         "speedup": walls["classic"] / walls["ours"],
+        "loop_samples_per_s": rates[len(rates) // 2],  # the median epoch's, evaluation apart
         "first_step_cold_s": cold["to_first_step"],
         "first_step_warm_s": warm["to_first_step"],
         "phases": walls["ours_timings"],
