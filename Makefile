@@ -9,7 +9,9 @@ NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0
 # torchrun on this machine: gloo on CPU, NCCL on GPUs; several machines: see docs/data-parallel.md
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
-.PHONY: setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
+TB_PORT ?= 6006
+
+.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +67,19 @@ sweep-vae: setup  ## every combination of comma-separated values (make sweep-vae
 
 test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
 	$(PY) -m pytest -q tests $(ARGS)
+
+test-browser: setup  ## explore.html in headless Chromium: installs chromium + chromedriver (apt) and selenium
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	$(PY) -m pip install --quiet -e '.[dev,browser]'
+	$(PY) -m pytest -q tests/test_browser.py -rs $(ARGS)
+
+tensorboard: setup  ## TensorBoard over every run in runs/, on http://127.0.0.1:$(TB_PORT)
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(TB_PORT)
+
+explore: setup  ## write explore.html for a finished run (make explore RUN=runs/...); new runs write their own
+	@test -n "$(RUN)" || { echo "usage: make explore RUN=<run dir>"; exit 2; }
+	$(PY) -m experiments.explore $(RUN) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check engine harness evaluation models losses experiments tests bench

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 import engine
+from evaluation.explore import board_images, finish_exploring
 from evaluation.plots import plot_curves, save_image_rows
 from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
 from harness.timing import Throttled
@@ -59,11 +60,16 @@ def main(argv=None):
     )  # fmt: skip
     evaluate = run.evaluator(loss_fn)
     plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
-    state = run.fit(
-        step, run.init_state(model, optimizer), run.loader(), evaluate, on_epoch_end=lambda s, _: plots(s)
-    )
+    test_x = to_unit(run.test.images)
+
+    def on_epoch_end(s, record):
+        engine.load_into(model, s.params, s.buffers)
+        board_images(run.board, model, test_x, record["step"], None, cfg.seed)
+        plots(s)
+
+    state = run.fit(step, run.init_state(model, optimizer), run.loader(), evaluate, on_epoch_end=on_epoch_end)
     plots.flush()  # the last epoch's figures, if the throttle skipped them
-    return run.finish(state, evaluate)
+    return finish_exploring(run, model, state, evaluate, f"AE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}")
 
 
 if __name__ == "__main__":

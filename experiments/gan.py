@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torchvision.io import read_image
 from torchvision.utils import save_image
 
 import engine
+from evaluation.explore import headline, write_gan_explorer
 from evaluation.fidelity import RealReference, sample_images
 from evaluation.plots import (
     plot_curves,
@@ -118,6 +120,7 @@ def save_plots(run: Run, gan, state, reference) -> None:
     if cfg.conditional:  # sample_labels cycles 0..9: column-major into rows of one class each
         fixed = fixed.view(8, 10, *fixed.shape[1:]).transpose(0, 1).reshape(80, *fixed.shape[1:])
     if records:  # one grid per finished epoch (a --max-steps run may stop before the first)
+        run.board.image("fixed_z_samples", fixed, records[-1]["step"])
         (d / "grids").mkdir(exist_ok=True)
         save_image(fixed, d / "grids" / f"epoch-{records[-1]['epoch']:03d}.png", nrow=8, padding=2)
         frames = [read_image(str(p))[None].float() / 255 for p in sorted((d / "grids").glob("epoch-*.png"))]
@@ -190,6 +193,11 @@ def main(argv=None):
     )
     if run.world.main:  # the probes written since the last epoch's plots (rank 0 writes, as on_epoch_end)
         save_plots(run, gan, state, reference)
+        title = f"GAN {cfg.arch} ({cfg.loss}) on {cfg.dataset}"
+        info = {"title": title, "numbers": headline(final, dataclasses.asdict(cfg))}
+        path = write_gan_explorer(run.run_dir, gan.generate, state.ema, state.gen.buffers, cfg.latent_dim,
+                                  cfg.seed, cfg.classes, info)  # fmt: skip
+        print(f"wrote {path} (open it in a browser)")
     return final
 
 

@@ -214,6 +214,7 @@ def main(argv=None):
             )
     summary = {"args": dataclasses.asdict(args), "rows": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_hparams(out / "tensorboard", rows)
     lines = [
         f"# VAE sweep on {args.dataset}: {args.epochs} epochs, batch {args.batch_size}, "
         f"{'vmapped' if args.vmap else 'one run per config'}, NLL with k={args.iwae_k} on "
@@ -238,6 +239,21 @@ def main(argv=None):
         lines += ["", "![metrics against each swept value](sweep.png)"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'summary.md'}")
+
+
+HPARAMS = ("arch", "latent_dim", "beta", "lr")
+
+
+def write_hparams(log_dir: Path, rows: list[dict]) -> None:
+    """One TensorBoard hparams row per config (its flags, its final metrics): `make tensorboard`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for r in rows:
+            hparams = {k: r[k] for k in HPARAMS}
+            metrics = {f"hparam/{k}": v for k, v in r.items() if k not in HPARAMS and isinstance(v, float)}
+            name = "-".join(f"{k}{r[k]}" for k in HPARAMS)
+            writer.add_hparams(hparams, metrics, run_name=name)
 
 
 if __name__ == "__main__":

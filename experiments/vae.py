@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import engine
 from engine.checkpoint import atomic_write
+from evaluation.explore import board_images, finish_exploring
 from evaluation.plots import plot_curves, save_image_grid, save_image_rows
 from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
 from harness.run import split_off
@@ -101,8 +102,11 @@ def main(argv=None):
     scored = evaluate if val is None else run.evaluator(loss_fn, noise, data=val, split="val")
 
     plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
+    test_x = to_unit(run.test.images)
 
     def on_epoch_end(s, record):
+        engine.load_into(model, s.params, s.buffers)
+        board_images(run.board, model, test_x, record["step"], cfg.latent_dim, cfg.seed)
         plots(s)
         if val is not None:
             keep_if_best(run.run_dir, s, record)
@@ -120,7 +124,9 @@ def main(argv=None):
     if val is not None:  # the test split scores the epoch chosen on validation, and only that one
         barrier()
         state = selected(run.run_dir, state)
-    return run.finish(state, evaluate)
+    return finish_exploring(
+        run, model, state, evaluate, f"VAE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}"
+    )
 
 
 VAL_SEED = 2024  # which training images --val-split holds out (fixed: the same for every run)

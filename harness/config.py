@@ -77,6 +77,7 @@ class RunConfig(Config):
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "checkpoint_every", "keep", "skip_nonfinite", "progress", "resume",
         "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32", "compile_cache",
+        "tensorboard",
     )  # fmt: skip
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
@@ -109,6 +110,7 @@ class RunConfig(Config):
     download: bool = option(False, "try torchvision's downloader when data files are missing")
     target_loss: float = option(0.0, "exit 1 if the final test loss is above this (0: no target)")
     progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(True, "TensorBoard event files in run_dir/tensorboard (make tensorboard)")
     compile_cache: bool = option(
         True, "keep the compiled step on disk ($PURESTEP_CACHE, default ~/.cache/purestep): the next run "
         "of the same model and flags starts in about a second instead of compiling again"

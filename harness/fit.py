@@ -156,6 +156,7 @@ def fit(
     history: list[dict] | None = None,
     config: dict | None = None,
     world: World = World(),
+    board=None,
 ):
     """Train until `options.epochs` epochs (or `max_steps` steps) are done, continuing from loader's
     cursor (and the epoch's metric `history`, as resume_state returns it).
@@ -172,6 +173,9 @@ def fit(
     probe(state) -> {name: float}, every `probe_every` steps on every rank (it may be sharded): one
     line in probes.jsonl with the step, the images seen and the wall-clock seconds of the run so far
     (carried over a resume from the last line kept), for quality-against-time curves.
+
+    board (harness.board.Board, rank 0): the steps.jsonl and metrics.jsonl records as TensorBoard
+    scalars at the same steps (with the samples/s of the step records and board.constants).
     """
     opt = options
     run_dir, main = Path(run_dir), world.main
@@ -217,6 +221,8 @@ def fit(
                             recent = _mean_metrics(history[-opt.log_every :], "")
                             log(run_dir / STEPS, {"step": done, **recent})
                             rate = ran * loader.batch_size / (time.perf_counter() - t0)
+                            if board is not None:
+                                board.scalars({**recent, "samples_per_s": rate, **board.constants}, done)
                             shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                             bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
                     if probe is not None and opt.probe_every and done % opt.probe_every == 0:
@@ -238,16 +244,22 @@ def fit(
                     epoch, done, history, time.perf_counter() - t0, ran, loader, evaluate, state
                 )
                 log(run_dir / METRICS, record)  # before the checkpoint: a resume past it trims it
+                if board is not None:
+                    board.scalars(record, done)
                 if on_epoch_end is not None and main:
                     with PHASES("epoch-end plots"):
                         on_epoch_end(state, record)
                 history, watch.checked = [], 0
                 saver.save(state, done, history)
+                if board is not None:
+                    board.flush()  # on disk with the checkpoint
                 if main:
                     progress.say(_summary(record, opt.summary))
             else:  # stopped inside the epoch: the checkpoint keeps the cursor and the epoch's metrics
                 saver.save(state, done, history)
             if stopped:
+                if board is not None:
+                    board.close()
                 code = 143 if stop.signum == signal.SIGTERM else 130
                 if main:
                     print(

@@ -28,6 +28,7 @@ from engine import (
     scaler_init,
 )
 from engine.checkpoint import atomic_write
+from harness.board import Board
 from harness.config import DEVICES, UsageError, merge_resumed, parse_config
 from harness.data import DataError, Dataset, load_dataset
 from harness.fit import LoopOptions, NonFiniteError, fit
@@ -191,6 +192,7 @@ class Run:
     test: Dataset | None
     experiment: str
     world: World = World()
+    board: Board = Board(None, enabled=False)  # TensorBoard, set up by fit (rank 0, --tensorboard)
 
     @classmethod
     def start(cls, config_cls, argv, experiment: str, description: str | None = None) -> Run:
@@ -245,10 +247,10 @@ class Run:
 
     def step_cache(self, name: str = "step") -> Path | None:
         """The file for this run's compiled `name` step (engine.compile_step's cache), or None
-        (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes everything the compiled code depends on: the
-        experiment and every flag but those that only steer the loop (run directory, seed, ...),
-        the data-parallel world size, the device, torch and Python, and the source of the project's
-        engine, losses, models and experiments: any change compiles afresh."""
+        (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes everything the compiled code
+        depends on: the experiment and every flag but those that only steer the loop (run
+        directory, seed, ...), the data-parallel world size, the device, torch and Python, and the
+        source of the project's engine, losses, models and experiments: any change compiles afresh."""
         cfg, where = self.config, os.environ.get("PURESTEP_CACHE", "")
         if not cfg.compile_cache or where == "off":
             return None
@@ -325,6 +327,9 @@ class Run:
         if self.world.parallel:  # identical start on every rank: rank 0's state, at the same step
             check_same_on_all_ranks(loader.steps_taken, "the step to resume from", self.device)
             state = broadcast_state(state)
+        # TensorBoard on rank 0; a resume purges the steps a killed process logged past its checkpoint
+        self.board = Board(self.run_dir, cfg.tensorboard and self.world.main, purge_step=loader.steps_taken)
+        self.board.constants = {"lr": cfg.lr}
         names = [f.name for f in dataclasses.fields(LoopOptions) if hasattr(cfg, f.name)]
         options = dataclasses.replace(
             LoopOptions(**{name: getattr(cfg, name) for name in names}),
@@ -332,10 +337,12 @@ class Run:
             skip_nonfinite=cfg.skip_nonfinite or cfg.precision == "fp16",  # fp16: the loss scaler's job
             summary=summary or LoopOptions.summary,
         )
-        return fit(
+        state = fit(
             step, state, loader, self.run_dir, options, evaluate=evaluate, on_epoch_end=on_epoch_end,
-            probe=probe, history=history, config=config, world=self.world,
+            probe=probe, history=history, config=config, world=self.world, board=self.board,
         )  # fmt: skip
+        self.steps_done = loader.steps_taken
+        return state
 
     def finish(self, state, evaluate, weights=None, target_key: str = "loss") -> dict[str, float]:
         """Save plain weights ({file stem: (params, buffers)}; default model.safetensors), print the
@@ -350,6 +357,10 @@ class Run:
         if main:
             (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
             print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+            self.board.scalars(
+                {f"final_test_{k}": v for k, v in final.items()}, getattr(self, "steps_done", 0)
+            )
+            self.board.close()
             PHASES.write(self.run_dir)  # where this process's time went: timings.json
             print(PHASES.line(), flush=True)
         target = getattr(self.config, f"target_{target_key}")

@@ -50,3 +50,23 @@ def test_vmapped_sweep_equals_separate_runs(data_root, arch):
             assert diff.max() < 5e-4 and diff.mean() < 1e-6, (k, diff.max(), diff.mean())
     key = "decoder.fc1.weight" if arch == "conv" else "decoder.fc3.weight"
     assert not torch.allclose(together[0].params[key], together[-1].params[key])  # configs differ
+
+
+def test_every_sweep_config_is_one_tensorboard_hparams_row(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from experiments.sweep import write_hparams
+
+    rows = [{"arch": "mlp", "latent_dim": 2, "beta": b, "lr": 1e-3, "neg_elbo": 150.0 + b, "nll": 140.0 + b}
+            for b in (0.5, 4.0)]  # fmt: skip
+    write_hparams(tmp_path, rows)
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == [f"archmlp-latent_dim2-beta{b}-lr0.001" for b in (0.5, 4.0)]
+    for run, row in zip(runs, rows):
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert acc.Scalars("hparam/neg_elbo")[0].value == row["neg_elbo"]
+        events = [e for f in run.glob("events*") for e in EventFileLoader(str(f)).Load()]
+        tags = {v.tag for e in events for v in e.summary.value}
+        assert "_hparams_/session_start_info" in tags  # the hparams plugin's row for this config

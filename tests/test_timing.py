@@ -140,3 +140,42 @@ def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that
     assert path(arch="mlp", compile_cache=False) is None
     monkeypatch.setenv("PURESTEP_CACHE", "off")
     assert path(arch="mlp") is None
+
+
+def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of a run's TensorBoard files, read back by tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}, acc
+
+
+def test_tensorboard_holds_the_logged_records_and_a_resume_logs_no_step_twice(data_root, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "vae"
+    flags = ["--arch", "mlp", "--latent-dim", "2", "--no-compile", "--batch-size", "256", "--run-dir", run]
+    run_cli("experiments.vae", [*flags, "--max-steps", "120", "--checkpoint-every", "40", "--keep", "5"],
+            data_root)  # fmt: skip
+    # as if killed after logging step 100 but before its checkpoint at 120: resume from step 80
+    (run / "checkpoints" / "step-00000120.safetensors").unlink()
+    resume = ["--resume", run, "--epochs", "1", "--max-steps", "0", "--no-progress"]
+    run_cli("experiments.vae", resume, data_root)
+    scalars, acc = _scalars(run / "tensorboard")
+    lines = (run / "steps.jsonl").read_text().splitlines() + (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [s for s, _ in scalars["loss"]] == [r["step"] for r in records if "loss" in r and "epoch" not in r]
+    for r in records:  # every number of every record, at its step, once
+        for name, value in r.items():
+            if name in ("step", "epoch"):
+                continue
+            hits = [v for s, v in scalars[name] if s == r["step"]]
+            assert hits == [pytest.approx(value, rel=1e-5)], (name, r["step"], hits)
+    assert scalars["lr"] and all(v == pytest.approx(1e-3) for _, v in scalars["lr"])
+    assert {"reconstructions", "prior_samples"} <= set(acc.Tags()["images"])
+    assert "final_test_loss" in scalars
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert "sprite" in projector and "metadata.tsv" in projector

@@ -1,0 +1,63 @@
+"""Write explore.html for a finished run (AE, VAE or GAN): `python -m experiments.explore RUN_DIR`
+(`make explore RUN=dir`); new runs write it themselves at the end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluation.autoencoders import load_trained
+from evaluation.explore import headline, write_explorer, write_gan_explorer
+from harness import Config, DataError, load_dataset, main_guard, option, parse_config, to_unit
+from harness.config import DEVICES
+from harness.run import resolve_device
+
+
+@dataclass(frozen=True)
+class ExploreConfig(Config):
+    run_dir: str = option(
+        "", "a finished run of experiments.ae, experiments.vae or experiments.gan", positional=True
+    )
+    device: str = option("auto", "where tensors live", DEVICES)
+
+
+def _final(run_dir: Path) -> dict:
+    path = run_dir / "final.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@main_guard
+def main(argv=None):
+    args, _ = parse_config(ExploreConfig, argv, "python -m experiments.explore", __doc__)
+    run_dir, device = Path(args.run_dir), resolve_device(args.device)
+    path = run_dir / "config.json"
+    experiment = json.loads(path.read_text()).get("experiment") if path.exists() else None
+    if experiment == "gan":
+        from experiments.eval_gan import load_generator
+
+        cfg, generate, params, buffers = load_generator(run_dir, device)
+        info = {
+            "title": f"GAN {cfg.arch} ({cfg.loss}) on {cfg.dataset}",
+            "numbers": headline(_final(run_dir), vars(cfg)),
+        }
+        out = write_gan_explorer(
+            run_dir, generate, params, buffers, cfg.latent_dim, cfg.seed, cfg.classes, info
+        )
+    elif experiment in ("ae", "vae"):
+        cfg, model = load_trained(run_dir, device)
+        test = load_dataset(cfg["dataset"], "test", device=device)
+        title = f"{experiment.upper()} {cfg['arch']} z={cfg['latent_dim']} on {cfg['dataset']}"
+        info = {"title": title, "dataset": cfg["dataset"], "numbers": headline(_final(run_dir), cfg)}
+        with torch.no_grad():
+            out = write_explorer(run_dir, model, to_unit(test.images), test.labels, info)
+    else:
+        raise DataError(f"{run_dir} is not a finished AE, VAE or GAN run (no config.json naming one)")
+    print(f"wrote {out} (open it in a browser)")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""TensorBoard event files of a run (runs/<name>/tensorboard): the scalars the loop already has on the
+host, image grids, the code projector. Written by rank 0 only; a resumed run purges what a killed
+process logged after its checkpoint, so no step appears twice."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+FOLDER = "tensorboard"
+
+
+class Board:
+    """A SummaryWriter, or nothing at all when off (--no-tensorboard, or a rank other than 0)."""
+
+    def __init__(self, run_dir, enabled: bool = True, purge_step: int | None = None):
+        self.writer, self.constants = None, {}  # constants: joined to every step record (the lr)
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+            self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=purge_step or None)
+
+    def scalars(self, record: dict, step: int) -> None:
+        """Every finite number of a record (a steps.jsonl or metrics.jsonl line) under its own name."""
+        if self.writer is None:
+            return
+        for name, value in record.items():
+            if name not in ("step", "epoch") and isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(name, value, step)
+
+    def image(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+        """A grid of images (N, C, H, W) in [0, 1]."""
+        if self.writer is None:
+            return
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+        self.writer.add_image(tag, grid, step)
+
+    def embedding(self, codes: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, step: int) -> None:
+        """Codes (N, Z) in the embedding projector, each with its image (N, C, H, W) and label."""
+        if self.writer is None:
+            return
+        self.writer.add_embedding(
+            codes.float().cpu(), metadata=labels.tolist(), label_img=images.float().cpu(), global_step=step,
+            tag="test_codes",
+        )  # fmt: skip
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
