@@ -87,7 +87,7 @@ def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tu
             nll_se=standard_error(nll) if len(subset) < len(x_te) else 0.0,  # all scored: no sampling
             iwae_k=iwae_k,
             iwae_images=len(subset),
-            nll_wall_s=round(time.perf_counter() - t0, 1),
+            nll_wall_s=round(time.perf_counter() - t0, 3),
         )
     return out, {"x": x_te, "labels": test.labels, "mu": mu_te}
 

@@ -179,9 +179,10 @@ def write_gan_explorer(
 
 
 def _write(run_dir: Path, page: str, data: dict, uris: dict) -> Path:
-    """run_dir/explore.html from the template pages/<page>.html: the data as inline JSON, the images
-    as data URIs (written atomically)."""
-    text = (Path(__file__).parent / "pages" / f"{page}.html").read_text()
+    """run_dir/explore.html from the template pages/<page>.html with pages/style.css inlined: the data
+    as inline JSON, the images as data URIs (written atomically)."""
+    pages = Path(__file__).parent / "pages"
+    text = (pages / f"{page}.html").read_text().replace("%STYLE%", (pages / "style.css").read_text())
     text = text.replace("/*DATA*/", json.dumps(data, separators=(",", ":")))
     for key, value in uris.items():
         text = text.replace(f"%{key}%", value)

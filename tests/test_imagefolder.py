@@ -98,10 +98,16 @@ def test_loader_yields_unit_float_rgb_batches(folder):
     assert torch.equal(to_unit(data.images[:2]), data.images[:2].float() / 255)
 
 
-def test_progress_bar_for_many_files(folder, monkeypatch, capsys):
+def test_progress_bar_for_many_files_on_a_terminal_only(folder, monkeypatch, capsys):
+    from harness import progress
+
     monkeypatch.setattr(harness.imagefolder, "PROGRESS_OVER", 5)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
     _load(folder)
     assert "decoding" in capsys.readouterr().err
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)  # a log file: no bar
+    _load(folder)
+    assert "decoding" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "file", "only-corrupt"])
