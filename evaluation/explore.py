@@ -88,7 +88,7 @@ def finish_exploring(run, model, state, evaluate, title: str) -> dict:
     engine.load_into(model, state.params, state.buffers)
     test_x = to_unit(run.test.images)
     if run.world.main:
-        board_projector(run.board, model, test_x, run.test.labels, getattr(run, "steps_done", 0))
+        board_projector(run.board, model, test_x, run.test.labels, run.steps_done)
     final = run.finish(state, evaluate)
     if run.world.main:
         cfg = dataclasses.asdict(run.config)

@@ -193,6 +193,7 @@ class Run:
     experiment: str
     world: World = World()
     board: Board = Board(None, enabled=False)  # TensorBoard, set up by fit (rank 0, --tensorboard)
+    steps_done: int = 0  # steps taken when fit returned (the final scalars' and the projector's step)
 
     @classmethod
     def start(cls, config_cls, argv, experiment: str, description: str | None = None) -> Run:
@@ -357,9 +358,7 @@ class Run:
         if main:
             (self.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
             print(f"{self.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
-            self.board.scalars(
-                {f"final_test_{k}": v for k, v in final.items()}, getattr(self, "steps_done", 0)
-            )
+            self.board.scalars({f"final_test_{k}": v for k, v in final.items()}, self.steps_done)
             self.board.close()
             PHASES.write(self.run_dir)  # where this process's time went: timings.json
             print(PHASES.line(), flush=True)
