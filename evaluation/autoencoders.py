@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from evaluation import latents as metrics
-from evaluation.likelihood import iwae_bounds, nll_subset, standard_error
+from evaluation.likelihood import iwae_bounds, nll_subset, scored_seconds, standard_error
 from harness.data import DataError, load_dataset
 from harness.loader import fixed_images
 from harness.run import TEST_SEED, resolve_device
@@ -33,7 +34,8 @@ def load_trained(run_dir: Path, device):
         or not {"arch", "latent_dim"} <= cfg.keys()
     ):
         raise DataError(f"{run_dir} is not a finished AE/VAE run (config.json and model.safetensors)")
-    model = build(cfg["arch"], cfg["latent_dim"]).to(device)
+    prior = {"prior": cfg.get("prior", "normal"), "pseudo_inputs": cfg.get("pseudo_inputs", 500)}
+    model = build(cfg["arch"], cfg["latent_dim"], **(prior if build is build_vae else {})).to(device)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors"), device=str(device)), strict=True)
     return cfg, model.eval()
 
@@ -53,8 +55,11 @@ def decode(model, z):
     return torch.cat([model.decode(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
 
 
-def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tuple[dict, dict]:
-    """(metrics, tensors for the figures) of a trained model on the run's data set."""
+def evaluate(
+    cfg: dict, model, train, test, iwae_k: int, iwae_images: int, blocks_dir=None
+) -> tuple[dict, dict]:
+    """(metrics, tensors for the figures) of a trained model on the run's data set; blocks_dir: where
+    the NLL keeps its scored blocks (resumable, shared by processes started on the same run)."""
     dyn = cfg.get("binarize") == "dynamic"
     x_tr, x_te = fixed_images(train, TEST_SEED + 2, dyn), fixed_images(test, TEST_SEED, dyn)
     mu_tr, _ = encode(model, x_tr)
@@ -77,7 +82,10 @@ def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tu
         kl_dims = gaussian_kl(mu_te, logvar_te).mean(0)  # (Z,)
         subset = nll_subset(x_te, iwae_images)
         t0 = time.perf_counter()
-        nll = -iwae_bounds(model, subset, z_dim, iwae_k, TEST_SEED + 3)  # (images,) per-image NLL
+        if blocks_dir is not None:
+            blocks_dir = Path(blocks_dir) / f"k{iwae_k}-n{len(subset)}"
+        nll = -iwae_bounds(model, subset, z_dim, iwae_k, TEST_SEED + 3, blocks_dir=blocks_dir)
+        wall = time.perf_counter() - t0 if blocks_dir is None else scored_seconds(blocks_dir)
         out.update(
             neg_elbo=float(m["neg_elbo"]),
             kl=float(m["kl"]),
@@ -87,9 +95,14 @@ def evaluate(cfg: dict, model, train, test, iwae_k: int, iwae_images: int) -> tu
             nll_se=standard_error(nll) if len(subset) < len(x_te) else 0.0,  # all scored: no sampling
             iwae_k=iwae_k,
             iwae_images=len(subset),
-            nll_wall_s=round(time.perf_counter() - t0, 3),
+            nll_wall_s=round(wall, 3),  # compute time, summed over processes when shared
         )
     return out, {"x": x_te, "labels": test.labels, "mu": mu_te}
+
+
+def weights_digest(path: Path) -> str:
+    """12 hex digits of the weights file's SHA-256: scored NLL blocks belong to these weights only."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 QUICK_K, QUICK_IMAGES = 1000, 500  # the default NLL: about 1.5 min for the conv VAE on 2 CPU cores
@@ -102,6 +115,7 @@ def evaluate_run(run_dir, iwae_k=QUICK_K, iwae_images=QUICK_IMAGES, device="auto
     cfg, model = load_trained(run_dir, device)
     train = load_dataset(cfg["dataset"], "train", device=device)
     test = load_dataset(cfg["dataset"], "test", device=device)
-    result, tensors = evaluate(cfg, model, train, test, iwae_k, iwae_images)
+    blocks_dir = run_dir / "nll" / weights_digest(run_dir / "model.safetensors")
+    result, tensors = evaluate(cfg, model, train, test, iwae_k, iwae_images, blocks_dir)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return cfg, model, result, tensors

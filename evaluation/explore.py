@@ -60,8 +60,7 @@ def board_images(board, model, test_images: torch.Tensor, step: int, latent_dim:
     board.image("reconstructions", torch.cat([x, torch.sigmoid(decode(model, codes))]), step)
     if latent_dim:
         g = torch.Generator(device=x.device).manual_seed(seed)
-        z = torch.randn(64, latent_dim, generator=g, device=x.device)
-        board.image("prior_samples", torch.sigmoid(decode(model, z)), step)
+        board.image("prior_samples", torch.sigmoid(decode(model, model.sample_prior(64, g))), step)
 
 
 @torch.no_grad()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from harness.progress import bar
+from engine.checkpoint import atomic_write
+from harness.progress import bar, on_terminal, say
 from losses import log_importance_weights
 
 
@@ -26,24 +32,97 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
     return streamed_iwae_bound([log_weights])
 
 
+COMPILE_ABOVE = 2_000_000  # image-samples: past this the decoder pass is compiled (~20 s, then ~1.7x)
+
+
+def _block_seed(seed: int, block: int) -> int:
+    """Each block of images draws its own noise, so any block can be scored alone, in any order."""
+    return seed * 1_000_003 + block
+
+
 @torch.no_grad()
-def iwae_bounds(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100) -> torch.Tensor:
+def iwae_bounds(
+    model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100, blocks_dir=None
+) -> torch.Tensor:
     """(N,) IWAE bounds on log p(x) with k samples, per image, streamed over k in chunks (memory ~
     images_per_pass * k_per_pass * 784 floats, whatever k is); a progress bar with an ETA on a
-    terminal."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    terminal, a line per 10% in a log.
 
-    def chunks(xb):  # (images, kc) log weights, kc <= k_per_pass, drawn in order
-        for j in range(0, k, k_per_pass):
-            eps = torch.randn(min(k_per_pass, k - j), len(xb), z_dim, generator=gen, device=x.device)
-            yield log_importance_weights(model, xb, eps)
+    blocks_dir: each block of images_per_pass images is saved there once scored, so a killed run
+    resumes where it stopped, and processes started on the same directory share the work (each
+    block is claimed with an flock, which the kernel drops if its holder dies)."""
+    long = k * len(x) >= COMPILE_ABOVE
+    log_w = torch.compile(log_importance_weights, dynamic=False) if long else log_importance_weights
 
-    bounds = []
+    def score(b):  # (images,) bounds of block b
+        xb = x[b * images_per_pass : (b + 1) * images_per_pass]
+        gen = torch.Generator(device=x.device).manual_seed(_block_seed(seed, b))
+
+        def chunks():  # (images, kc) log weights, kc <= k_per_pass, drawn in order
+            for j in range(0, k, k_per_pass):
+                eps = torch.randn(min(k_per_pass, k - j), len(xb), z_dim, generator=gen, device=x.device)
+                yield log_w(model, xb, eps)
+
+        return streamed_iwae_bound(chunks())
+
+    n_blocks = -(-len(x) // images_per_pass)
+    store = _Blocks(blocks_dir) if blocks_dir is not None else None
+    bounds: dict[int, torch.Tensor] = {}
     with bar(total=len(x), desc=f"NLL (IWAE k={k})", unit="img", leave=False) as shown:
-        for i in range(0, len(x), images_per_pass):
-            bounds.append(streamed_iwae_bound(chunks(x[i : i + images_per_pass])))
-            shown.update(len(bounds[-1]))
-    return torch.cat(bounds)
+        while len(bounds) < n_blocks:
+            claimed_elsewhere = 0
+            for b in range(n_blocks):
+                if b in bounds:
+                    continue
+                if store is None:
+                    bounds[b] = score(b)
+                else:
+                    bounds[b] = store.get(b, score)
+                    if bounds[b] is None:  # another process is scoring it
+                        del bounds[b]
+                        claimed_elsewhere += 1
+                        continue
+                shown.update(len(bounds[b]))
+                if long and not on_terminal() and len(bounds) % max(1, n_blocks // 10) == 0:
+                    say(f"NLL (IWAE k={k}): {len(bounds)} of {n_blocks} blocks of {images_per_pass} images")
+            if claimed_elsewhere:
+                time.sleep(2.0)  # wait for the other process's blocks (or for its claim to drop)
+    return torch.cat([bounds[b] for b in range(n_blocks)]).to(x.device)
+
+
+class _Blocks:
+    """Scored blocks as files (block-00042.safetensors), each claimed by an flock while it is scored."""
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, b: int, score):
+        """Block b's bounds: read if saved, else scored here and saved; None if another holds it."""
+        path = self.dir / f"block-{b:05d}.safetensors"
+        if path.exists():
+            return load_file(str(path))["bounds"]
+        with open(self.dir / f".block-{b:05d}.lock", "a") as claim:
+            try:
+                fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            if path.exists():  # saved between the check above and the claim
+                return load_file(str(path))["bounds"]
+            t0 = time.perf_counter()
+            bounds = score(b).float().cpu().contiguous()
+            meta = {"seconds": f"{time.perf_counter() - t0:.3f}"}
+            atomic_write(path, lambda tmp: save_file({"bounds": bounds}, str(tmp), metadata=meta))
+            return bounds
+
+
+def scored_seconds(blocks_dir) -> float:
+    """Compute time summed over the blocks saved in blocks_dir, whichever process scored them."""
+    total = 0.0
+    for path in Path(blocks_dir).glob("block-*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            total += float((f.metadata() or {}).get("seconds", 0.0))
+    return total
 
 
 def iwae_nll(model, x, z_dim: int, k: int, seed: int, images_per_pass=100, k_per_pass=100) -> float:

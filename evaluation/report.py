@@ -66,8 +66,12 @@ def _figures(run_dir: Path, name: str, model, result: dict, tensors: dict, z_dim
     )
     files.append("interpolations.png")
     g = torch.Generator(device=dev).manual_seed(0)
-    samples = torch.sigmoid(model.decode(torch.randn(64, z_dim, generator=g, device=dev)))
-    save_image_grid(samples, run_dir / "eval_samples.png", f"{name}: decoded z ~ N(0, I)")
+    if hasattr(model, "sample_prior"):  # a VAE: its prior's draws
+        z, drawn = model.sample_prior(64, g), "p(z)"
+    else:  # an AE has no prior: N(0, I) shows what its decoder makes of codes it was not trained on
+        z, drawn = torch.randn(64, z_dim, generator=g, device=dev), "N(0, I)"
+    samples = torch.sigmoid(model.decode(z))
+    save_image_grid(samples, run_dir / "eval_samples.png", f"{name}: decoded z ~ {drawn}")
     files.append("eval_samples.png")
     plot_latents(
         [(name, _codes_2d(mu), tensors["labels"])],

@@ -18,7 +18,7 @@ from harness.run import split_off
 from harness.timing import Throttled
 from harness.world import barrier
 from losses import make_elbo_loss, make_iwae_loss
-from models import ARCHS, build_vae
+from models import ARCHS, PRIORS, build_vae
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -34,6 +34,9 @@ class VAEConfig(RunConfig):
     dreg: bool = option(
         False, "--objective iwae: the doubly-reparameterised encoder gradient (Tucker et al. 2018)"
     )
+    prior: str = option("normal", "p(z): N(0, I), or vamp: the VampPrior's learned mixture", PRIORS)
+    pseudo_inputs: int = option(500, "--prior vamp: learned pseudo-images in the mixture")
+    free_bits: float = option(0.0, "nats of KL per latent dimension that cost nothing (ELBO, normal prior)")
     val_split: int = option(
         0, "hold out N training images: per-epoch scores and model selection on them, test scored once"
     )
@@ -46,13 +49,20 @@ class VAEConfig(RunConfig):
         iwae = self.objective == "iwae"
         self.require(iwae or (self.k == 1 and not self.dreg), "--k and --dreg need --objective iwae")
         self.require(
-            not iwae or (self.beta == 1 and not self.kl_warmup),
-            "--beta and --kl-warmup are for --objective elbo",
+            not iwae or (self.beta == 1 and not self.kl_warmup and not self.free_bits),
+            "--beta, --kl-warmup and --free-bits are for --objective elbo",
         )
+        vamp = self.prior == "vamp"
+        self.require(self.pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.pseudo_inputs}")
+        self.require(self.free_bits >= 0, f"--free-bits must be >= 0, got {self.free_bits}")
+        self.require(not (vamp and self.free_bits), "--free-bits needs --prior normal")
+        self.require(not (vamp and self.dreg), "--dreg needs --prior normal")
 
     def tag(self) -> str:
         objective = f"-iwae{self.k}" + ("-dreg" if self.dreg else "") if self.objective == "iwae" else ""
-        return f"{self.arch}-z{self.latent_dim}{objective}"
+        prior = f"-vamp{self.pseudo_inputs}" if self.prior == "vamp" else ""
+        free_bits = f"-fb{self.free_bits:g}" if self.free_bits else ""
+        return f"{self.arch}-z{self.latent_dim}{objective}{prior}{free_bits}"
 
 
 def save_plots(run: Run, model, state, records) -> None:
@@ -66,26 +76,25 @@ def save_plots(run: Run, model, state, records) -> None:
         x = to_unit(run.test.images[:16])  # (16, 1, 28, 28)
         recon = torch.sigmoid(model.decode(model.encode(x)[0]))  # decoded posterior means
         g = torch.Generator(device=run.device).manual_seed(cfg.seed)
-        z = torch.randn(64, cfg.latent_dim, generator=g, device=run.device)
-        samples = torch.sigmoid(model.decode(z))
+        samples = torch.sigmoid(model.decode(model.sample_prior(64, g)))
     save_image_rows(
         [x, recon],
         ["test image", "reconstruction"],
         run.run_dir / "reconstructions.png",
         f"{tag}: test images and their reconstructions",
     )
-    save_image_grid(samples, run.run_dir / "samples.png", f"{tag}: decoded z ~ N(0, I)")
+    save_image_grid(samples, run.run_dir / "samples.png", f"{tag}: decoded z ~ p(z)")
 
 
 @main_guard
 def main(argv=None):
     run = Run.start(VAEConfig, argv, "vae")
     cfg = run.config
-    model = build_vae(cfg.arch, cfg.latent_dim).to(run.device)
+    model = build_vae(cfg.arch, cfg.latent_dim, cfg.prior, cfg.pseudo_inputs).to(run.device)
     if cfg.objective == "iwae":
         loss_fn = make_iwae_loss(model, dreg=cfg.dreg)
     else:
-        loss_fn = make_elbo_loss(model, beta=cfg.beta, kl_warmup_steps=cfg.kl_warmup)
+        loss_fn = make_elbo_loss(model, cfg.beta, cfg.kl_warmup, cfg.free_bits)
     optimizer = engine.adam(cfg.lr)
     step = engine.make_train_step(
         loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,

@@ -123,3 +123,31 @@ def test_full_asks_for_the_papers_protocol_and_the_default_is_a_quick_subset(mon
         with pytest.raises(SystemExit):
             evaluate.main(argv)
     assert asked == [(1000, 500), (5000, 0)]
+
+
+def test_nll_blocks_resume_and_wait_for_a_claim_that_drops(vae_and_data, tmp_path):
+    import fcntl
+    import threading
+
+    from evaluation.likelihood import iwae_bounds, scored_seconds
+
+    model, _ = vae_and_data
+    x = torch.bernoulli(torch.rand(25, 1, 28, 28, generator=torch.Generator().manual_seed(5)))
+    args = (model, x, 4, 30, 7)
+    want = iwae_bounds(*args, images_per_pass=10, k_per_pass=8)  # 3 blocks, not saved
+    blocks = tmp_path / "nll"
+    torch.testing.assert_close(iwae_bounds(*args, 10, 8, blocks_dir=blocks), want, rtol=0, atol=0)
+    saved = sorted(blocks.glob("block-*.safetensors"))
+    assert len(saved) == 3 and scored_seconds(blocks) > 0
+    # a run killed after block 0: blocks 1 and 2 are scored again, block 0 is read back
+    for p in saved[1:]:
+        p.unlink()
+    first = saved[0].stat().st_mtime_ns
+    # block 1 claimed by another process that then dies without saving it: the scorer waits, then
+    # takes the block over once the claim drops
+    claim = open(blocks / ".block-00001.lock", "a")
+    fcntl.flock(claim, fcntl.LOCK_EX)
+    threading.Timer(1.0, claim.close).start()  # closing the file drops the flock, as dying does
+    again = iwae_bounds(*args, 10, 8, blocks_dir=blocks)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert saved[0].stat().st_mtime_ns == first and all(p.exists() for p in saved)

@@ -202,7 +202,11 @@ def test_sigint_checkpoints_and_exits_130(data_root, tmp_path):
         (["--k", "5"], "--k and --dreg need --objective iwae"),
         (["--dreg"], "--k and --dreg need --objective iwae"),
         (["--objective", "iwae", "--k", "0"], "--k must be at least 1"),
-        (["--objective", "iwae", "--beta", "2"], "--beta and --kl-warmup are for --objective elbo"),
+        (["--objective", "iwae", "--beta", "2"], "--beta, --kl-warmup and --free-bits are for"),
+        (["--objective", "iwae", "--free-bits", "1"], "are for --objective elbo"),
+        (["--prior", "vamp", "--free-bits", "0.5"], "--free-bits needs --prior normal"),
+        (["--prior", "vamp", "--objective", "iwae", "--dreg"], "--dreg needs --prior normal"),
+        (["--prior", "vamp", "--pseudo-inputs", "0"], "--pseudo-inputs must be at least 1"),
         (["--val-split", "-1"], "--val-split must be >= 0"),
     ],
 )
@@ -246,3 +250,20 @@ def test_keep_if_best_keeps_the_lowest_validation_loss(tmp_path):
     chosen = selected(tmp_path, state)
     assert all(torch.equal(v, torch.full_like(v, 2)) for v in chosen.params.values())
     assert chosen.opt is state.opt and chosen.step is state.step
+
+
+def test_vamp_prior_run_resumes_bitwise_and_is_scored_with_its_prior(data_root, tmp_path):
+    args = [*FAST, "--arch", "mlp", "--latent-dim", "4", "--prior", "vamp", "--pseudo-inputs", "20"]
+    args += ["--val-split", "50000"]  # 10,000 training images: short epochs
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli("experiments.vae", [*args, "--epochs", "2", "--run-dir", straight], data_root)
+    run_cli("experiments.vae", [*args, "--epochs", "1", "--run-dir", resumed], data_root)
+    run_cli("experiments.vae", [*args, "--epochs", "2", "--resume", resumed], data_root)
+    a, b = (load_file(str(r / "model.safetensors")) for r in (straight, resumed))
+    assert "pseudo_logits" in a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r1, r2 = _records(straight)
+    assert r2["test_neg_elbo"] < r1["test_neg_elbo"] < 200
+    proc = run_cli("experiments.evaluate", [straight, "--iwae-k", "50", "--iwae-images", "200"], data_root)
+    scored = json.loads((straight / "eval.json").read_text())
+    assert scored["nll"] < scored["neg_elbo"] + 0.5 and "NLL" in proc.stdout  # the bound, with the mixture
+    assert _is_png(straight / "eval_samples.png")

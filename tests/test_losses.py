@@ -166,3 +166,100 @@ def test_resnet_vae_shapes_blocks_and_a_learning_step_on_real_digits(data_root):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0] - 100  # the bound improves on real digits
+
+
+# ---- the VampPrior and free bits ---------------------------------------------------------------
+
+
+def _vamp_setup(k_pseudo=7, z=3, b=5, seed=0):
+    from models import build_vae
+
+    torch.manual_seed(seed)
+    model = build_vae("mlp", z, prior="vamp", pseudo_inputs=k_pseudo)
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    return model, params, torch.rand(b, 1, 28, 28).round()
+
+
+def _vamp_reference(model, z):
+    """log p(z) of the VampPrior from torch.distributions: a K-component Gaussian mixture."""
+    from torch.distributions import Categorical, Independent, MixtureSameFamily
+
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.sigmoid(model.pseudo_logits))  # (K, Z)
+        k = len(mu)
+        components = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+        return MixtureSameFamily(Categorical(logits=torch.zeros(k)), components).log_prob(z)
+
+
+def test_vamp_prior_is_the_mixture_of_the_pseudo_inputs_posteriors():
+    model, _, _ = _vamp_setup()
+    z = torch.randn(4, 6, 3)  # any leading shape
+    torch.testing.assert_close(model.log_prior(z), _vamp_reference(model, z), rtol=1e-5, atol=1e-5)
+    assert "pseudo_logits" in dict(model.named_parameters())  # learned with the rest
+    draws = model.sample_prior(4000, torch.Generator().manual_seed(0))
+    # draws come from the mixture: their mean is the mixture's mean (the components' average mean)
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.sigmoid(model.pseudo_logits))
+    spread = (mu.var(0) + logvar.exp().mean(0)).sqrt()
+    assert ((draws.mean(0) - mu.mean(0)).abs() < 4 * spread / 4000**0.5).all()
+
+
+def test_vamp_elbo_uses_the_one_draw_kl_and_trains_the_pseudo_inputs():
+    from losses import make_elbo_loss
+
+    model, params, x = _vamp_setup()
+    eps = torch.randn(len(x), 3)
+    loss, aux = make_elbo_loss(model)(params, {}, {"x": x, "eps": eps, "step": torch.tensor(0)})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(params[n].detach())
+        mu, logvar = model.encode(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        z = mu + eps * q.scale
+        kl = q.log_prob(z).sum(-1) - _vamp_reference(model, z)  # log q(z|x) - log p(z), per image
+        log_px = torch.distributions.Bernoulli(logits=model.decode(z)).log_prob(x).flatten(1).sum(-1)
+    torch.testing.assert_close(aux.metrics["kl"], kl.mean(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, (kl - log_px).mean(), rtol=1e-5, atol=1e-3)
+    grad = torch.autograd.grad(loss, params["pseudo_logits"])[0]
+    assert grad.abs().sum() > 0  # the pseudo-inputs learn through the prior
+
+
+def test_vamp_importance_weights_use_the_mixture_prior():
+    from losses import log_importance_weights
+
+    model, _, x = _vamp_setup()
+    eps = torch.randn(4, len(x), 3)  # K=4 draws per image
+    with torch.no_grad():
+        log_w = log_importance_weights(model, x, eps)  # (B, K)
+        mu, logvar = model.encode(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        z = mu + eps * q.scale
+        log_px = torch.distributions.Bernoulli(logits=model.decode(z.flatten(0, 1)).view(4, *x.shape))
+        by_hand = log_px.log_prob(x).flatten(2).sum(-1) + _vamp_reference(model, z) - q.log_prob(z).sum(-1)
+    torch.testing.assert_close(log_w, by_hand.T, rtol=1e-5, atol=1e-3)
+
+
+def test_vamp_refuses_dreg_and_free_bits():
+    from losses import make_elbo_loss, make_iwae_loss
+
+    model, _, _ = _vamp_setup()
+    with pytest.raises(ValueError, match="DReG"):
+        make_iwae_loss(model, dreg=True)
+    with pytest.raises(ValueError, match="free bits"):
+        make_elbo_loss(model, free_bits=0.5)
+
+
+def test_free_bits_floor_each_dimensions_batch_mean_kl_and_report_the_true_elbo():
+    g = torch.Generator().manual_seed(4)
+    logits, x = torch.randn(16, 1, 28, 28, generator=g), torch.rand(16, 1, 28, 28, generator=g).round()
+    mu = torch.cat([torch.randn(16, 2, generator=g) * 2, 0.01 * torch.randn(16, 2, generator=g)], 1)
+    logvar = torch.cat([torch.full((16, 2), -2.0), torch.zeros(16, 2)], 1).requires_grad_()
+    plain, m = elbo(logits, x, mu, logvar)
+    floored, m_fb = elbo(logits, x, mu, logvar, free_bits=0.5)
+    per_dim = gaussian_kl(mu, logvar).mean(0)  # dims 0, 1 well above 0.5 nats; 2, 3 near 0
+    assert (per_dim[:2] > 0.5).all() and (per_dim[2:] < 0.01).all()
+    torch.testing.assert_close(floored, m["recon"] + per_dim[:2].sum() + 1.0)  # two dims floored at 0.5
+    torch.testing.assert_close(m_fb["neg_elbo"], m["neg_elbo"])  # what is reported stays the ELBO
+    grad = torch.autograd.grad(floored, logvar)[0]
+    assert (grad[:, 2:] == 0).all() and (grad[:, :2] != 0).all()  # a floored dimension feels no KL pull
+    assert torch.isfinite(plain)
