@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from engine.checkpoint import atomic_write
 from evaluation import latents as metrics
 from evaluation.likelihood import iwae_bounds, nll_subset, scored_seconds, standard_error
 from harness.data import DataError, load_dataset
 from harness.loader import fixed_images
 from harness.run import TEST_SEED, resolve_device
-from losses import bernoulli_nll, elbo, gaussian_kl, squared_error
+from losses import bernoulli_nll, elbo, gaussian_kl, one_draw_kl, squared_error
 from models import build_ae, build_vae
 
 CHUNK = 500  # images per forward pass
@@ -77,20 +78,25 @@ def evaluate(
     if logvar_te is not None:  # VAE: the likelihood side
         g = torch.Generator(device=x_te.device).manual_seed(TEST_SEED + 1)
         eps = torch.randn(mu_te.shape, generator=g, device=x_te.device)
-        sampled = decode(model, mu_te + eps * torch.exp(0.5 * logvar_te))
-        _, m = elbo(sampled, x_te, mu_te, logvar_te)
-        kl_dims = gaussian_kl(mu_te, logvar_te).mean(0)  # (Z,)
+        z = mu_te + eps * torch.exp(0.5 * logvar_te)
+        vamp = getattr(model, "pseudo_logits", None) is not None
+        kl = None  # N(0, I): the analytic KL; the VampPrior: log q(z|x) - log p(z) at the same draw
+        if vamp:
+            log_pz = torch.cat([model.log_prior(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
+            kl = one_draw_kl(eps, logvar_te, log_pz)
+        _, m = elbo(decode(model, z), x_te, mu_te, logvar_te, kl=kl)
         subset = nll_subset(x_te, iwae_images)
         t0 = time.perf_counter()
-        if blocks_dir is not None:
-            blocks_dir = Path(blocks_dir) / f"k{iwae_k}-n{len(subset)}"
-        nll = -iwae_bounds(model, subset, z_dim, iwae_k, TEST_SEED + 3, blocks_dir=blocks_dir)
+        seed, per_pass = TEST_SEED + 3, (100, 100)  # images per block, draws per pass
+        if blocks_dir is not None:  # saved blocks are reused only for the same scoring
+            blocks_dir = Path(blocks_dir) / f"k{iwae_k}-n{len(subset)}-seed{seed}-{per_pass[0]}x{per_pass[1]}"
+        nll = -iwae_bounds(model, subset, z_dim, iwae_k, seed, *per_pass, blocks_dir=blocks_dir)
         wall = time.perf_counter() - t0 if blocks_dir is None else scored_seconds(blocks_dir)
         out.update(
             neg_elbo=float(m["neg_elbo"]),
             kl=float(m["kl"]),
             active_units=metrics.active_units(mu_te),
-            kl_per_dim=kl_dims.tolist(),
+            **({} if vamp else {"kl_per_dim": gaussian_kl(mu_te, logvar_te).mean(0).tolist()}),
             nll=float(nll.mean()),
             nll_se=standard_error(nll) if len(subset) < len(x_te) else 0.0,  # all scored: no sampling
             iwae_k=iwae_k,
@@ -117,5 +123,6 @@ def evaluate_run(run_dir, iwae_k=QUICK_K, iwae_images=QUICK_IMAGES, device="auto
     test = load_dataset(cfg["dataset"], "test", device=device)
     blocks_dir = run_dir / "nll" / weights_digest(run_dir / "model.safetensors")
     result, tensors = evaluate(cfg, model, train, test, iwae_k, iwae_images, blocks_dir)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(run_dir / "eval.json", lambda tmp: tmp.write_text(text))  # processes may share a run
     return cfg, model, result, tensors

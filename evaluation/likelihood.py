@@ -107,6 +107,8 @@ class _Blocks:
                 fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
+            except OSError:  # a file system without flock: scored here, unshared
+                pass
             if path.exists():  # saved between the check above and the claim
                 return load_file(str(path))["bounds"]
             t0 = time.perf_counter()

@@ -71,9 +71,7 @@ def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple
     cfg, model = load_trained(vae_run, device)
     if cfg.get("experiment") != "vae" or cfg.get("dataset") != dataset:
         raise DataError(f"{vae_run} is not a VAE run on {dataset}")
-    z = torch.randn(
-        n, cfg["latent_dim"], generator=torch.Generator(device=device).manual_seed(seed), device=device
-    )
+    z = model.sample_prior(n, torch.Generator(device=device).manual_seed(seed))  # N(0, I) or the VampPrior
     return f"VAE samples ({cfg['arch']}, z={cfg['latent_dim']}, {vae_run.name})", torch.sigmoid(
         decode(model, z)
     )

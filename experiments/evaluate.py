@@ -3,6 +3,7 @@ figures and report.md into it (`make eval RUN=dir`)."""
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def main(argv=None):
     cfg, model, result, tensors = evaluate_run(args.run_dir, k, images, args.device)
     if "nll" in result:
         print(nll_line(result))
-    print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
+    with open(Path(args.run_dir) / ".eval.lock", "a") as lock:  # processes sharing the NLL: one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
     return result
 
 

@@ -118,7 +118,7 @@ def main(argv=None):
         board_images(run.board, model, test_x, record["step"], cfg.latent_dim, cfg.seed)
         plots(s)
         if val is not None:
-            keep_if_best(run.run_dir, s, record)
+            keep_if_best(run.run_dir, s, record, SELECT_ON[cfg.objective])
 
     split = scored.split
     state = run.fit(
@@ -138,16 +138,18 @@ def main(argv=None):
     )
 
 
+SELECT_ON = {"elbo": "val_neg_elbo", "iwae": "val_neg_iwae"}  # the bounds, not a weighted loss
 VAL_SEED = 2024  # which training images --val-split holds out (fixed: the same for every run)
 
 
-def keep_if_best(run_dir: Path, state, record: dict) -> None:
-    """best.safetensors and best.json: the weights of the epoch with the lowest validation loss so far."""
+def keep_if_best(run_dir: Path, state, record: dict, key: str = "val_loss") -> None:
+    """best.safetensors and best.json: the weights of the epoch with the lowest record[key] so far.
+    key: the true bound on validation, whatever the training loss weighs (beta, warm-up, free bits)."""
     best = run_dir / "best.json"
-    if best.exists() and json.loads(best.read_text())["val_loss"] <= record["val_loss"]:
+    if best.exists() and json.loads(best.read_text())[key] <= record[key]:
         return
     engine.save_weights(run_dir / "best.safetensors", state.params, state.buffers)
-    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss")}) + "\n"
+    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss", key)}) + "\n"
     atomic_write(best, lambda tmp: tmp.write_text(text))
 
 

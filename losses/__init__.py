@@ -3,7 +3,14 @@
 from losses.ae import make_ae_loss, reconstruction_loss
 from losses.gan import GAN_LOSSES, GANLoss, gradient_penalty, make_gan_loss
 from losses.reconstruction import bernoulli_nll, squared_error
-from losses.vae import elbo, gaussian_kl, log_importance_weights, make_elbo_loss, make_iwae_loss
+from losses.vae import (
+    elbo,
+    gaussian_kl,
+    log_importance_weights,
+    make_elbo_loss,
+    make_iwae_loss,
+    one_draw_kl,
+)
 
 __all__ = [
     "bernoulli_nll",
@@ -12,6 +19,7 @@ __all__ = [
     "make_ae_loss",
     "gaussian_kl",
     "elbo",
+    "one_draw_kl",
     "make_elbo_loss",
     "make_iwae_loss",
     "log_importance_weights",

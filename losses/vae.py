@@ -43,6 +43,12 @@ def elbo(logits, x, mu, logvar, kl_weight=1.0, free_bits: float = 0.0, kl=None):
     return loss, metrics
 
 
+def one_draw_kl(eps, logvar, log_pz):
+    """log q(z|x) - log p(z) at z = mu + sigma * eps, per image: the KL's one-draw Monte Carlo
+    estimate, for a prior without a closed-form KL (q's density in eps form: mu cancels)."""
+    return -0.5 * (eps.float().square() + LOG_2PI + logvar.float()).sum(-1) - log_pz
+
+
 def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0, free_bits: float = 0.0):
     """loss_fn(params, buffers, batch) for a VAE; batch holds x (B,1,H,W), eps (B,Z) and step.
 
@@ -61,7 +67,7 @@ def make_elbo_loss(model, beta: float = 1.0, kl_warmup_steps: int = 0, free_bits
         kl = None
         if vamp:
             logits, mu, logvar, log_pz = out
-            kl = -0.5 * (eps.float().square() + LOG_2PI + logvar.float()).sum(-1) - log_pz
+            kl = one_draw_kl(eps, logvar, log_pz)
         else:
             logits, mu, logvar = out
         ramp = (batch["step"].float() / kl_warmup_steps).clamp(max=1.0) if kl_warmup_steps else 1.0

@@ -93,7 +93,10 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
         out = self.decode(z.flatten(0, -2)), mu, logvar
-        return (*out, self.log_prior(z)) if with_prior else out
+        if not with_prior:
+            return out
+        z32 = mu.float() + eps.float() * torch.exp(0.5 * logvar.float())  # log p(z) in fp32 under autocast
+        return (*out, self.log_prior(z32))
 
 
 def _pair(arch: str, out_dim: int, latent_dim: int):

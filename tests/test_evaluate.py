@@ -128,6 +128,7 @@ def test_full_asks_for_the_papers_protocol_and_the_default_is_a_quick_subset(mon
 def test_nll_blocks_resume_and_wait_for_a_claim_that_drops(vae_and_data, tmp_path):
     import fcntl
     import threading
+    import time
 
     from evaluation.likelihood import iwae_bounds, scored_seconds
 
@@ -148,6 +149,8 @@ def test_nll_blocks_resume_and_wait_for_a_claim_that_drops(vae_and_data, tmp_pat
     claim = open(blocks / ".block-00001.lock", "a")
     fcntl.flock(claim, fcntl.LOCK_EX)
     threading.Timer(1.0, claim.close).start()  # closing the file drops the flock, as dying does
+    t0 = time.monotonic()
     again = iwae_bounds(*args, 10, 8, blocks_dir=blocks)
+    assert time.monotonic() - t0 >= 1.0  # it waited for the claim rather than scoring block 1 twice
     torch.testing.assert_close(again, want, rtol=0, atol=0)
     assert saved[0].stat().st_mtime_ns == first and all(p.exists() for p in saved)

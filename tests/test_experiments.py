@@ -227,9 +227,9 @@ def test_val_split_scores_epochs_on_validation_and_the_test_split_once_for_the_s
     out = run_cli("experiments.vae", [*args, "--no-progress", "--run-dir", run_dir], data_root).stdout
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("val_loss" in r and not any(k.startswith("test_") for k in r) for r in records)
-    best = min(records, key=lambda r: r["val_loss"])
+    best = min(records, key=lambda r: r["val_neg_iwae"])  # selected on the bound itself
     chosen = json.loads((run_dir / "best.json").read_text())
-    assert (chosen["epoch"], chosen["val_loss"]) == (best["epoch"], best["val_loss"])
+    assert (chosen["epoch"], chosen["val_neg_iwae"]) == (best["epoch"], best["val_neg_iwae"])
     assert f"selected epoch {best['epoch']}" in out
     model, kept = load_file(str(run_dir / "model.safetensors")), load_file(str(run_dir / "best.safetensors"))
     assert model.keys() == kept.keys() and all(torch.equal(model[k], kept[k]) for k in model)
@@ -237,18 +237,21 @@ def test_val_split_scores_epochs_on_validation_and_the_test_split_once_for_the_s
     assert final["loss"] == final["neg_iwae"] and final["neg_elbo"] > final["neg_iwae"] > 50
 
 
-def test_keep_if_best_keeps_the_lowest_validation_loss(tmp_path):
+def test_keep_if_best_keeps_the_lowest_validation_bound_not_the_weighted_loss(tmp_path):
     from engine import adam, init_state
     from experiments.vae import keep_if_best, selected
 
     model = build_vae("mlp", 2)
     state = init_state(model, adam(1e-3))
-    for epoch, loss in enumerate([5.0, 3.0, 4.0], start=1):
+    # val_loss: a free-bits (or beta, warm-up) surrogate, lowest at epoch 2; the -ELBO, lowest at 3
+    for epoch, (loss, bound) in enumerate([(5.0, 6.0), (3.0, 7.0), (4.0, 5.5)], start=1):
         marked = state._replace(params={k: torch.full_like(v, epoch) for k, v in state.params.items()})
-        keep_if_best(tmp_path, marked, {"epoch": epoch, "step": 10 * epoch, "val_loss": loss})
-    assert json.loads((tmp_path / "best.json").read_text()) == {"epoch": 2, "step": 20, "val_loss": 3.0}
+        record = {"epoch": epoch, "step": 10 * epoch, "val_loss": loss, "val_neg_elbo": bound}
+        keep_if_best(tmp_path, marked, record, "val_neg_elbo")
+    kept = json.loads((tmp_path / "best.json").read_text())
+    assert kept == {"epoch": 3, "step": 30, "val_loss": 4.0, "val_neg_elbo": 5.5}
     chosen = selected(tmp_path, state)
-    assert all(torch.equal(v, torch.full_like(v, 2)) for v in chosen.params.values())
+    assert all(torch.equal(v, torch.full_like(v, 3)) for v in chosen.params.values())
     assert chosen.opt is state.opt and chosen.step is state.step
 
 
@@ -262,8 +265,11 @@ def test_vamp_prior_run_resumes_bitwise_and_is_scored_with_its_prior(data_root, 
     a, b = (load_file(str(r / "model.safetensors")) for r in (straight, resumed))
     assert "pseudo_logits" in a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     r1, r2 = _records(straight)
-    assert r2["test_neg_elbo"] < r1["test_neg_elbo"] < 200
+    assert r2["val_neg_elbo"] < r1["val_neg_elbo"] < 300  # 39 steps an epoch: learning, not converged
     proc = run_cli("experiments.evaluate", [straight, "--iwae-k", "50", "--iwae-images", "200"], data_root)
-    scored = json.loads((straight / "eval.json").read_text())
-    assert scored["nll"] < scored["neg_elbo"] + 0.5 and "NLL" in proc.stdout  # the bound, with the mixture
+    scored, final = (json.loads((straight / f).read_text()) for f in ("eval.json", "final.json"))
+    # the evaluation's ELBO uses the mixture prior, as training did: the two one-draw estimates over
+    # the 10,000 test images agree to their Monte Carlo error (the N(0, I) KL would be nats away)
+    assert scored["neg_elbo"] == pytest.approx(final["neg_elbo"], abs=0.5)
+    assert scored["nll"] < scored["neg_elbo"] and "NLL" in proc.stdout and "kl_per_dim" not in scored
     assert _is_png(straight / "eval_samples.png")
