@@ -21,6 +21,7 @@ from losses import make_elbo_loss, make_iwae_loss
 from models import ARCHS, PRIORS, build_vae
 
 OBJECTIVES = ("elbo", "iwae")
+LR_DECAYS = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class VAEConfig(RunConfig):
     prior: str = option("normal", "p(z): N(0, I), or vamp: the VampPrior's learned mixture", PRIORS)
     pseudo_inputs: int = option(500, "--prior vamp: learned pseudo-images in the mixture")
     free_bits: float = option(0.0, "nats of KL per latent dimension that cost nothing (ELBO, normal prior)")
+    lr_decay: str = option("constant", "learning rate: constant, or cosine: to 0 over --epochs", LR_DECAYS)
     val_split: int = option(
         0, "hold out N training images: per-epoch scores and model selection on them, test scored once"
     )
@@ -95,11 +97,6 @@ def main(argv=None):
         loss_fn = make_iwae_loss(model, dreg=cfg.dreg)
     else:
         loss_fn = make_elbo_loss(model, cfg.beta, cfg.kl_warmup, cfg.free_bits)
-    optimizer = engine.adam(cfg.lr)
-    step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
-    )  # fmt: skip
     # reparameterisation noise, drawn by the loader on device: (B, Z), or (B, K, Z) for the IWAE bound
     noise = {"eps": (cfg.k, cfg.latent_dim) if cfg.objective == "iwae" else (cfg.latent_dim,)}
     evaluate = run.evaluator(loss_fn, noise)
@@ -109,6 +106,14 @@ def main(argv=None):
             raise UsageError(f"--val-split {cfg.val_split} leaves no training images")
         run.train, val = split_off(run.train, cfg.val_split, seed=VAL_SEED)
     scored = evaluate if val is None else run.evaluator(loss_fn, noise, data=val, split="val")
+    loader = run.loader(noise)
+    lr = cfg.lr if cfg.lr_decay == "constant" else engine.cosine(cfg.lr, cfg.epochs * loader.steps_per_epoch)
+    optimizer = engine.adam(lr)
+    run.lr_schedule = None if cfg.lr_decay == "constant" else lr
+    step = engine.make_train_step(
+        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
+        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
+    )  # fmt: skip
 
     plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
     test_x = to_unit(run.test.images)
@@ -124,7 +129,7 @@ def main(argv=None):
     state = run.fit(
         step,
         run.init_state(model, optimizer),
-        run.loader(noise),
+        loader,
         scored,
         on_epoch_end=on_epoch_end,
         summary=("train_loss", f"{split}_loss", f"{split}_kl"),

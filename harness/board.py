@@ -16,7 +16,8 @@ class Board:
     """A SummaryWriter, or nothing at all when off (--no-tensorboard, or a rank other than 0)."""
 
     def __init__(self, run_dir, enabled: bool = True, purge_step: int | None = None):
-        self.writer, self.constants = None, {}  # constants: joined to every step record (the lr)
+        # constants: joined to every step record (the lr): a number, or a schedule of the step count
+        self.writer, self.constants = None, {}
         if enabled:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
@@ -29,6 +30,10 @@ class Board:
         for name, value in record.items():
             if name not in ("step", "epoch") and isinstance(value, int | float) and math.isfinite(value):
                 self.writer.add_scalar(name, value, step)
+
+    def at(self, step: int) -> dict:
+        """The constants' values at `step` (a schedule evaluated there)."""
+        return {k: float(v(torch.tensor(step))) if callable(v) else v for k, v in self.constants.items()}
 
     def image(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
         """A grid of images (N, C, H, W) in [0, 1]."""

@@ -222,7 +222,7 @@ def fit(
                             log(run_dir / STEPS, {"step": done, **recent})
                             rate = ran * loader.batch_size / (time.perf_counter() - t0)
                             if board is not None:
-                                board.scalars({**recent, "samples_per_s": rate, **board.constants}, done)
+                                board.scalars({**recent, "samples_per_s": rate, **board.at(done)}, done)
                             shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
                             bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
                     if probe is not None and opt.probe_every and done % opt.probe_every == 0:

@@ -194,6 +194,7 @@ class Run:
     world: World = World()
     board: Board = Board(None, enabled=False)  # TensorBoard, set up by fit (rank 0, --tensorboard)
     steps_done: int = 0  # steps taken when fit returned (the final scalars' and the projector's step)
+    lr_schedule: object = None  # step -> learning rate, where the experiment decays it (TensorBoard's lr)
 
     @classmethod
     def start(cls, config_cls, argv, experiment: str, description: str | None = None) -> Run:
@@ -330,7 +331,7 @@ class Run:
             state = broadcast_state(state)
         # TensorBoard on rank 0; a resume purges the steps a killed process logged past its checkpoint
         self.board = Board(self.run_dir, cfg.tensorboard and self.world.main, purge_step=loader.steps_taken)
-        self.board.constants = {"lr": cfg.lr}
+        self.board.constants = {"lr": self.lr_schedule or cfg.lr}
         names = [f.name for f in dataclasses.fields(LoopOptions) if hasattr(cfg, f.name)]
         options = dataclasses.replace(
             LoopOptions(**{name: getattr(cfg, name) for name in names}),

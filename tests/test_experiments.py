@@ -273,3 +273,24 @@ def test_vamp_prior_run_resumes_bitwise_and_is_scored_with_its_prior(data_root, 
     assert scored["neg_elbo"] == pytest.approx(final["neg_elbo"], abs=0.5)
     assert scored["nll"] < scored["neg_elbo"] and "NLL" in proc.stdout and "kl_per_dim" not in scored
     assert _is_png(straight / "eval_samples.png")
+
+
+def test_cosine_lr_decay_reaches_the_optimizer_and_tensorboard(data_root, tmp_path):
+    from engine import cosine
+    from tests.test_timing import _scalars
+
+    args = [*FAST, "--arch", "mlp", "--latent-dim", "4", "--val-split", "50000", "--epochs", "2"]
+    args += ["--batch-size", "100"]  # 200 steps: the steps' log every 50
+    runs = {d: tmp_path / d for d in ("constant", "cosine")}
+    for decay, run in runs.items():
+        run_cli("experiments.vae", [*args, "--lr-decay", decay, "--run-dir", run], data_root)
+    series, _ = _scalars(runs["cosine"] / "tensorboard")
+    want = cosine(1e-3, 200)
+    assert [step for step, _ in series["lr"]] == [50, 100, 150, 200]
+    for step, lr in series["lr"]:  # the logged lr is the schedule's, falling towards 0 at the end
+        assert lr == pytest.approx(float(want(torch.tensor(step))), rel=1e-6)
+    assert series["lr"][-1][1] < 1e-9
+    flat, _ = _scalars(runs["constant"] / "tensorboard")
+    assert all(lr == pytest.approx(1e-3) for _, lr in flat["lr"])
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs.values())
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # the optimizer used it
