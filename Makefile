@@ -66,7 +66,7 @@ sweep-vae: setup  ## every combination of comma-separated values (make sweep-vae
 	$(PY) -m experiments.sweep $(ARGS)
 
 test: setup  ## the test suite (CPU; CUDA tests skip without a GPU)
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests $(ARGS)
 
 test-browser: setup  ## explore.html in headless Chromium: installs chromium + chromedriver (apt) and selenium
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

@@ -117,9 +117,10 @@ def _settings(cfg: dict, result: dict) -> str:
         if "nll" in result
         else ""
     )
+    prior = f", VampPrior ({cfg['pseudo_inputs']} pseudo-inputs)" if cfg.get("prior") == "vamp" else ""
     return (
-        f"{cfg['dataset']}, arch `{cfg['arch']}`, code size {cfg['latent_dim']}, {cfg['epochs']} epochs, "
-        f"binarize `{cfg.get('binarize', 'none')}`{nll}."
+        f"{cfg['dataset']}, arch `{cfg['arch']}`, code size {cfg['latent_dim']}{prior}, {cfg['epochs']} "
+        f"epochs, binarize `{cfg.get('binarize', 'none')}`{nll}."
     )
 
 

@@ -12,6 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # no compiled-step cache in ~/.cache (here and in the commands tests launch): a test's run never
 # reads or leaves one behind; the cache's own tests name their folders
 os.environ["PURESTEP_CACHE"] = "off"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the 2 cores: a thread each,
+    os.environ["OMP_NUM_THREADS"] = "1"  # in the commands they launch too
+    torch.set_num_threads(1)
+
+# module fixtures that train a run for several tests: their tests share one xdist worker, so the run
+# is trained once (make test: -n 2 --dist loadgroup)
+SHARED_RUNS = ("mlp_gan_run", "short_runs", "reference", "straight_run", "single_run")
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +32,12 @@ def data_root() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, with the reason, where no usable CUDA device is present."""
+    """Tests marked `cuda` skip, with the reason, where no usable CUDA device is present; tests of a
+    shared trained run go to one worker (xdist_group)."""
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")

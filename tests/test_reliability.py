@@ -108,9 +108,12 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(data
     for trial in range(6):
         run_dir = tmp_path / f"trial{trial}"
         proc = _start(data_root, [*ARGS, "--run-dir", run_dir])
-        if trial >= 2:  # the first two trials die anywhere from start-up on, the rest during training
-            _wait_for(run_dir / "checkpoints", proc)
-        time.sleep(rng.uniform(0, 3.0 if trial < 2 else train_s))
+        if trial < 2:  # the first two trials die anywhere from start-up on
+            time.sleep(rng.uniform(0, 3.0))
+        else:  # the rest during training: just after a random checkpoint (timed by the run itself,
+            # so a busy machine, e.g. a second test worker, does not move the kill out of training)
+            _wait_for(step_path(run_dir, EVERY * rng.randint(1, STEPS // EVERY - 1)), proc)
+            time.sleep(rng.uniform(0, 0.2 * train_s * EVERY / STEPS))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         saved = list_checkpoints(run_dir)
