@@ -31,6 +31,7 @@ def data_root() -> Path:
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` skip, with the reason, where no usable CUDA device is present; tests of a
     shared trained run go to one worker (xdist_group)."""
