@@ -74,14 +74,11 @@ def iwae_bounds(
             for b in range(n_blocks):
                 if b in bounds:
                     continue
-                if store is None:
-                    bounds[b] = score(b)
-                else:
-                    bounds[b] = store.get(b, score)
-                    if bounds[b] is None:  # another process is scoring it
-                        del bounds[b]
-                        claimed_elsewhere += 1
-                        continue
+                got = score(b) if store is None else store.get(b, score)
+                if got is None:  # another process is scoring it
+                    claimed_elsewhere += 1
+                    continue
+                bounds[b] = got
                 shown.update(len(bounds[b]))
                 if long and not on_terminal() and len(bounds) % max(1, n_blocks // 10) == 0:
                     say(f"NLL (IWAE k={k}): {len(bounds)} of {n_blocks} blocks of {images_per_pass} images")

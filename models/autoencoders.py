@@ -95,8 +95,9 @@ class VAE(nn.Module):
         out = self.decode(z.flatten(0, -2)), mu, logvar
         if not with_prior:
             return out
-        z32 = mu.float() + eps.float() * torch.exp(0.5 * logvar.float())  # log p(z) in fp32 under autocast
-        return (*out, self.log_prior(z32))
+        if z.dtype != torch.float32:  # under autocast: log p(z) of an fp32 z
+            z = mu.float() + eps.float() * torch.exp(0.5 * logvar.float())
+        return (*out, self.log_prior(z))
 
 
 def _pair(arch: str, out_dim: int, latent_dim: int):
