@@ -79,7 +79,7 @@ def pytest_terminal_summary(terminalreporter, config):
     text = summary(ROUNDS, TARGET_S)
     terminalreporter.write_line("\n" + text)
     json_path = config.getoption("benchmark_json", None)
-    json_path = getattr(json_path, "name", json_path)  # some pytest-benchmark versions hand over the open file
+    json_path = getattr(json_path, "name", json_path)  # some pytest-benchmark versions pass the open file
     folder = Path(json_path).parent if json_path else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     stem = Path(json_path).stem if json_path else "latest"
