@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from evaluation.features import classifier_outputs, load_classifier
 from evaluation.quality import compare_features
 from harness.data import Dataset, to_unit
 from harness.world import World, gather_rows
+from models.classifier import weights_path
 
 SAMPLE_BATCH = 500  # generator batch when sampling for scores (BatchNorm runs on batch statistics)
 
@@ -54,11 +57,19 @@ def random_subset(data: Dataset, n: int, seed: int) -> torch.Tensor:
 
 
 class RealReference:
-    """The test split as the project's classifier sees it: features and logits computed once."""
+    """The test split as the project's classifier sees it: features and logits computed once per
+    process for the same classifier file and images (make compare-gan-losses builds one a run)."""
+
+    _outputs: dict = {}  # (dataset, device, weights' mtime and size, images' digest) -> (features, logits)
 
     def __init__(self, dataset: str, test: Dataset, device="cpu"):
         self.classifier = load_classifier(dataset, device)
-        self.features, self.logits = classifier_outputs(self.classifier, to_unit(test.images))
+        stat = weights_path(dataset).stat()
+        digest = hashlib.sha1(test.images.cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = (dataset, str(device), stat.st_mtime_ns, stat.st_size, digest)
+        if key not in self._outputs:
+            self._outputs[key] = classifier_outputs(self.classifier, to_unit(test.images))
+        self.features, self.logits = self._outputs[key]
 
     def embed(self, images: torch.Tensor):
         """(features (N, F), logits (N, 10)) of images (N, 1, H, W) in [0, 1]."""

@@ -129,3 +129,23 @@ def test_gaussian_stats_match_torch_reference():
     centred = x.double() - x.double().mean(0)
     assert torch.allclose(sigma, centred.T @ centred / (len(x) - 1))
     assert math.isfinite(frechet_distance(x[:, :1].expand(-1, 4), x))  # singular covariance
+
+
+def test_real_reference_embeds_the_same_test_images_once_per_process(monkeypatch):
+    # make compare-gan-losses builds a RealReference per run: the test split's classifier pass is shared
+    from evaluation import fidelity
+    from harness.data import Dataset
+
+    calls = []
+    real = fidelity.classifier_outputs
+    monkeypatch.setattr(fidelity, "classifier_outputs", lambda m, x: calls.append(len(x)) or real(m, x))
+    monkeypatch.setattr(fidelity.RealReference, "_outputs", {})
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 28, 28), generator=g, dtype=torch.uint8)
+    first = fidelity.RealReference("mnist", Dataset(images, torch.zeros(40)))
+    again = fidelity.RealReference("mnist", Dataset(images.clone(), torch.zeros(40)))
+    assert calls == [40] and torch.equal(first.features, again.features)
+    assert torch.equal(first.features, real(first.classifier, images[:, None] / 255.0)[0])
+    other = fidelity.RealReference("mnist", Dataset(images.flip(0), torch.zeros(40)))  # other images
+    assert calls == [40, 40]
+    torch.testing.assert_close(other.features, first.features.flip(0))
