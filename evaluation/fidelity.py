@@ -57,8 +57,9 @@ def random_subset(data: Dataset, n: int, seed: int) -> torch.Tensor:
 
 
 class RealReference:
-    """The test split as the project's classifier sees it: features and logits computed once per
-    process for the same classifier file and images (make compare-gan-losses builds one a run)."""
+    """The test split as the project's classifier sees it: features and logits computed at first use
+    (a run that scores nothing never pays for them), once per process for the same classifier file
+    and images (make compare-gan-losses builds one a run)."""
 
     _outputs: dict = {}  # (dataset, device, weights' mtime and size, images' digest) -> (features, logits)
 
@@ -66,10 +67,20 @@ class RealReference:
         self.classifier = load_classifier(dataset, device)
         stat = weights_path(dataset).stat()
         digest = hashlib.sha1(test.images.cpu().contiguous().numpy().tobytes()).hexdigest()
-        key = (dataset, str(device), stat.st_mtime_ns, stat.st_size, digest)
-        if key not in self._outputs:
-            self._outputs[key] = classifier_outputs(self.classifier, to_unit(test.images))
-        self.features, self.logits = self._outputs[key]
+        self._key, self._images = (dataset, str(device), stat.st_mtime_ns, stat.st_size, digest), test.images
+
+    def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._key not in self._outputs:
+            self._outputs[self._key] = classifier_outputs(self.classifier, to_unit(self._images))
+        return self._outputs[self._key]
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self._real()[0]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self._real()[1]
 
     def embed(self, images: torch.Tensor):
         """(features (N, F), logits (N, 10)) of images (N, 1, H, W) in [0, 1]."""

@@ -131,7 +131,7 @@ def test_gaussian_stats_match_torch_reference():
     assert math.isfinite(frechet_distance(x[:, :1].expand(-1, 4), x))  # singular covariance
 
 
-def test_real_reference_embeds_the_same_test_images_once_per_process(monkeypatch):
+def test_real_reference_embeds_the_test_images_at_first_use_and_once_per_process(monkeypatch):
     # make compare-gan-losses builds a RealReference per run: the test split's classifier pass is shared
     from evaluation import fidelity
     from harness.data import Dataset
@@ -144,8 +144,9 @@ def test_real_reference_embeds_the_same_test_images_once_per_process(monkeypatch
     images = torch.randint(0, 256, (40, 28, 28), generator=g, dtype=torch.uint8)
     first = fidelity.RealReference("mnist", Dataset(images, torch.zeros(40)))
     again = fidelity.RealReference("mnist", Dataset(images.clone(), torch.zeros(40)))
-    assert calls == [40] and torch.equal(first.features, again.features)
+    assert calls == []  # nothing scored yet: nothing embedded
+    assert torch.equal(first.features, again.features) and calls == [40]
     assert torch.equal(first.features, real(first.classifier, images[:, None] / 255.0)[0])
     other = fidelity.RealReference("mnist", Dataset(images.flip(0), torch.zeros(40)))  # other images
-    assert calls == [40, 40]
     torch.testing.assert_close(other.features, first.features.flip(0))
+    assert calls == [40, 40]
