@@ -1,4 +1,4 @@
-"""make smoke-gpu: the first thing to run on a GPU machine (its three checks took 114 s on an H100).
+"""make smoke-gpu: the first thing to run on a GPU machine (its four checks took 193 s on an H100).
 It asserts CUDA is there, then checks the compiled, CUDA-graph and fp16/bf16 mlp-VAE steps against eager ones,
 a donated CUDA-graph run with a checkpoint and a resume against an uninterrupted run, a GAN step,
 and the CUDA bench rows; any failure ends it with exit 1, no CUDA with exit 2."""

@@ -77,7 +77,7 @@ class RunConfig(Config):
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "max_steps", "checkpoint_every", "keep", "skip_nonfinite", "progress", "resume",
         "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32", "compile_cache",
-        "tensorboard",
+        "tensorboard", "deterministic",
     )  # fmt: skip
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
@@ -98,6 +98,9 @@ class RunConfig(Config):
         COMPILE,
     )
     tf32: bool = option(False, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster, inexact)")
+    deterministic: bool = option(
+        True, "CUDA: cuDNN's deterministic convolutions, so a resumed run equals an uninterrupted one bitwise"
+    )
     donate: bool = option(True, "let the step overwrite the previous state's storage")
     device: str = option("auto", "where tensors live", choices=DEVICES)
     seed: int = option(0, "seed of the weights, the data order and the noise")
