@@ -42,12 +42,17 @@ def test_vmapped_sweep_equals_separate_runs(data_root, arch):
     _, separate, _ = train_group(arch, 3, configs, parse(argv + ["--no-vmap"]), data, torch.device("cpu"))
     for a, b in zip(together, separate):
         assert int(a.step) == int(b.step) == 25
-        # batched matmuls round differently from single ones, and Adam's 1/sqrt(v) magnifies that on
-        # the odd weight whose gradient is ~0: every weight within a sixth of one Adam step at lr 3e-3,
-        # and on average within fp32 rounding
-        for k in b.params:
-            diff = (a.params[k] - b.params[k]).abs()
-            assert diff.max() < 5e-4 and diff.mean() < 1e-6, (k, diff.max(), diff.mean())
+    # batched matmuls round differently from single ones, and Adam's 1/sqrt(v) magnifies that on the
+    # odd weight whose gradient is ~0 (one differed by 6.4e-4 on one thread, 2.4e-4 on two), so compare
+    # whole states: each vmapped config lands within 1% of the distance to its nearest other config
+    # (measured: 0.1% at worst); a config trained with another's beta or lr would be about 100% away
+    def flat_params(run):
+        return [torch.cat([v.flatten() for v in st.params.values()]) for st in run]
+
+    flat = flat_params(together), flat_params(separate)
+    for i, (a, b) in enumerate(zip(*flat)):
+        nearest = min(float((b - other).norm()) for j, other in enumerate(flat[1]) if j != i)
+        assert float((a - b).norm()) < 0.01 * nearest, (configs[i], float((a - b).norm()), nearest)
     key = "decoder.fc1.weight" if arch == "conv" else "decoder.fc3.weight"
     assert not torch.allclose(together[0].params[key], together[-1].params[key])  # configs differ
 
