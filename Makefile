@@ -89,7 +89,7 @@ bench: setup  ## throughput suite; JSON and a markdown table land in bench/resul
 	$(PY) -m pytest bench -q -p no:cacheprovider --benchmark-json=bench/results/latest.json $(ARGS)
 
 smoke-gpu: setup  ## on a GPU machine first: compiled, CUDA-graph, fp16/bf16 steps, a resume, a GAN step, CUDA bench rows
-	$(PY) -m bench.smoke_gpu
+	$(PY) -m bench.smoke_gpu $(ARGS)
 
 bench-compare: setup  ## compare the last two bench runs: cases >10% slower flagged, exit 1 if any
 	$(PY) -m bench.compare bench/results/previous.json bench/results/latest.json

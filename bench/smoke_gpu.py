@@ -1,10 +1,12 @@
-"""make smoke-gpu: the first thing to run on a GPU machine (its four checks took 193 s on an H100).
+"""make smoke-gpu: the first thing to run on a GPU machine (its four checks took 193 s on an H100,
+232 s on an H200).
 It asserts CUDA is there, then checks the compiled, CUDA-graph and fp16/bf16 mlp-VAE steps against eager ones,
 a donated CUDA-graph run with a checkpoint and a resume against an uninterrupted run, a GAN step,
 and the CUDA bench rows; any failure ends it with exit 1, no CUDA with exit 2."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -87,8 +89,8 @@ def check_gan() -> str:
     return "DCGAN step under CUDA graphs, donated: 10 steps, finite metrics"
 
 
-def check_bench() -> str:
-    out = Path(tempfile.mkdtemp()) / "cuda.json"
+def check_bench(out: Path | None = None) -> str:
+    out = out or Path(tempfile.mkdtemp()) / "cuda.json"
     cmd = [sys.executable, "-m", "pytest", "bench/test_throughput.py", "-q", "-p", "no:cacheprovider",
            "-k", "cuda and mlp_vae and 128", f"--benchmark-json={out}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -96,19 +98,24 @@ def check_bench() -> str:
     return f"CUDA bench rows of the mlp VAE at batch 128: {out}"
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.smoke_gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--bench-json", type=Path, help="where the bench rows' pytest-benchmark JSON goes")
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print(f"error: smoke-gpu needs a CUDA device: {unusable_gpu() or 'none found'}", file=sys.stderr)
         return 2
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, DATA_DIR={os.environ.get('DATA_DIR')}")
     failed = 0
-    for check in (check_steps, check_resume, check_gan, check_bench):
+    checks = {"check_steps": check_steps, "check_resume": check_resume, "check_gan": check_gan,
+              "check_bench": lambda: check_bench(args.bench_json)}  # fmt: skip
+    for name, check in checks.items():
         t0 = time.perf_counter()
         try:
-            print(f"ok   {check.__name__}: {check()} ({time.perf_counter() - t0:.1f} s)", flush=True)
+            print(f"ok   {name}: {check()} ({time.perf_counter() - t0:.1f} s)", flush=True)
         except Exception as e:  # every check runs; each failure is reported loudly
             failed += 1
-            print(f"FAIL {check.__name__}: {type(e).__name__}: {e}", flush=True)
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
     print("smoke-gpu: " + (f"{failed} check(s) FAILED" if failed else "all checks passed"))
     return 1 if failed else 0
 
