@@ -42,6 +42,7 @@ def test_vmapped_sweep_equals_separate_runs(data_root, arch):
     _, separate, _ = train_group(arch, 3, configs, parse(argv + ["--no-vmap"]), data, torch.device("cpu"))
     for a, b in zip(together, separate):
         assert int(a.step) == int(b.step) == 25
+
     # batched matmuls round differently from single ones, and Adam's 1/sqrt(v) magnifies that on the
     # odd weight whose gradient is ~0 (one differed by 6.4e-4 on one thread, 2.4e-4 on two), so compare
     # whole states: each vmapped config lands within 1% of the distance to its nearest other config
