@@ -25,7 +25,9 @@ class Optimizer(NamedTuple):
 
 class _ListOps:
     """ops.NAME(list, ...): torch._foreach_NAME (one multi-tensor call), or, with foreach=False, the
-    same per-tensor op in a loop; torch.func.vmap (sweeps) has no batching rules for foreach kernels."""
+    same per-tensor op in a loop; torch.func.vmap (sweeps) has no batching rules for foreach kernels.
+    The loop runs an in-place NAME_ out of place and puts the results in the list: the same kernel,
+    but vmap has no batching rules for lerp_ or addcmul_ either, and would loop over the configs."""
 
     def __init__(self, foreach: bool):
         self.foreach = foreach
@@ -36,10 +38,14 @@ class _ListOps:
         if self.foreach:
             return getattr(torch, f"_foreach_{name}")
 
+        op = getattr(torch, name.removesuffix("_"))
+
         def loop(xs, *args, **kwargs):
             per = [a if isinstance(a, list) else [a] * len(xs) for a in args]
-            out = [getattr(x, name)(*(a[i] for a in per), **kwargs) for i, x in enumerate(xs)]
-            return None if name.endswith("_") else out
+            out = [op(x, *(a[i] for a in per), **kwargs) for i, x in enumerate(xs)]
+            if not name.endswith("_"):
+                return out
+            xs[:] = out
 
         return loop
 

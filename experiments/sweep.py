@@ -215,8 +215,9 @@ def main(argv=None):
     summary = {"args": dataclasses.asdict(args), "rows": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_hparams(out / "tensorboard", rows)
+    length = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
     lines = [
-        f"# VAE sweep on {args.dataset}: {args.epochs} epochs, batch {args.batch_size}, "
+        f"# VAE sweep on {args.dataset}: {length}, batch {args.batch_size}, "
         f"{'vmapped' if args.vmap else 'one run per config'}, NLL with k={args.iwae_k} on "
         f"{args.iwae_images or len(test.images)} test images",
         "",

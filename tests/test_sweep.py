@@ -76,3 +76,30 @@ def test_every_sweep_config_is_one_tensorboard_hparams_row(tmp_path):
         events = [e for f in run.glob("events*") for e in EventFileLoader(str(f)).Load()]
         tags = {v.tag for e in events for v in e.summary.value}
         assert "_hparams_/session_start_info" in tags  # the hparams plugin's row for this config
+
+
+def test_a_vmapped_adam_step_needs_no_per_config_fallback():
+    """vmap has no batching rule for in-place lerp_ or addcmul_: it warns once a process and loops
+    over the configs. The per-tensor optimizer runs them out of place, so a fresh process warns nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = """if True:
+        import warnings, torch, engine
+        from losses import make_elbo_loss
+        from models import build_vae
+        model, opt = build_vae("mlp", 4), engine.adam(1e-3, foreach=False)
+        step = engine.make_vmapped_train_step(make_elbo_loss(model), opt, config_keys=("beta",))
+        state = engine.tree_map(lambda t: torch.stack([t, t]), engine.init_state(model, opt))
+        batch = {"x": torch.rand(8, 1, 28, 28), "eps": torch.randn(8, 4), "beta": torch.tensor([1.0, 2.0])}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state, _ = step(state, batch)
+        assert int(state.step[1]) == 1
+        print(*{str(w.message) for w in caught}, sep="\\n")
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batching rule" not in proc.stdout, proc.stdout
