@@ -32,6 +32,11 @@ class _ListOps:
     def __init__(self, foreach: bool):
         self.foreach = foreach
 
+    def copies(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A list to update: fresh clones for the foreach kernels, which write in place; the loop
+        writes into no tensor, so its list may hold the inputs themselves."""
+        return [x.clone() for x in xs] if self.foreach else list(xs)
+
     def __getattr__(self, name):
         if name.startswith("__"):  # pickle and copy probe dunders before __init__ ran: not ops
             raise AttributeError(name)
@@ -48,11 +53,6 @@ class _ListOps:
             xs[:] = out
 
         return loop
-
-
-def _copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Fresh copies to update in place (the inputs stay untouched)."""
-    return [t.clone() for t in tensors]
 
 
 def _once(x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +93,9 @@ def adam(
     def update(grads: Tensors, opt: dict, params: Tensors):
         keys = list(params)
         g = [grads[k] for k in keys]
-        p = _copies([params[k] for k in keys])
-        m = _copies([opt["mu"][k] for k in keys])
-        v = _copies([opt["nu"][k] for k in keys])
+        p = ops.copies([params[k] for k in keys])
+        m = ops.copies([opt["mu"][k] for k in keys])
+        v = ops.copies([opt["nu"][k] for k in keys])
         lr_t = lr_fn(opt["count"])  # float64 0-d: rate for this step
         count = opt["count"] + 1
         t = count.to(torch.float64)
@@ -146,14 +146,14 @@ def sgd(
     def update(grads: Tensors, opt: dict, params: Tensors):
         keys = list(params)
         g = [grads[k] for k in keys]
-        p = _copies([params[k] for k in keys])
+        p = ops.copies([params[k] for k in keys])
         lr_t = _once(lr_fn(opt["count"]).float())
         new_opt = {"count": opt["count"] + 1}
         if weight_decay:
             g = ops.add(g, p, alpha=weight_decay)
         if momentum:
             # A zero-initialised buffer makes the first step buf = g, as torch.optim.SGD does.
-            buf = _copies([opt["momentum"][k] for k in keys])
+            buf = ops.copies([opt["momentum"][k] for k in keys])
             ops.mul_(buf, momentum)
             ops.add_(buf, g)
             g = ops.add(g, buf, alpha=momentum) if nesterov else buf

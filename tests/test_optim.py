@@ -81,10 +81,11 @@ def test_matches_torch_optim(name):
     assert not torch.equal(got["0.weight"], dict(model.named_parameters())["0.weight"])
 
 
-def test_out_of_place_update_leaves_inputs_alone():
+@pytest.mark.parametrize("foreach", [True, False])
+def test_out_of_place_update_leaves_inputs_alone(foreach):
     model, x, y = _problem()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    opt = engine.adam(1e-2)
+    opt = engine.adam(1e-2, foreach=foreach)
     state = opt.init(params)
     before = engine.clone_state((params, state))
     grads = torch.func.grad(lambda p: _loss(model, p, x, y))(params)
