@@ -12,7 +12,7 @@ import engine
 import harness
 from bench.peer import build_peer
 from engine.amp import scaler_init
-from harness.run import unusable_gpu
+from harness.device import unusable_gpu
 from losses import make_ae_loss, make_elbo_loss, make_gan_loss
 from models import build_ae, build_gan, build_vae
 
@@ -22,7 +22,7 @@ GAN_LATENT, GAN_WIDTH = 100, 32  # the DCGAN case: z=100, a narrower width than 
 BATCHES = (128, 1024)
 PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}
 COMPILES = {"cpu": ("eager", "compiled"), "cuda": ("eager", "compiled", "cudagraphs")}
-COMPILE_ARG = {"eager": False, "compiled": True, "cudagraphs": "cudagraphs"}  # make_*_step(compile=)
+COMPILE_ARG = {"eager": False, "compiled": True, "cudagraphs": "cudagraphs"}  # StepOptions(compile=)
 
 
 class Spec(NamedTuple):
@@ -60,7 +60,9 @@ def _vae(arch: str):
         model = build_vae(arch, VAE_LATENT).to(spec.device)
         opt = engine.adam(1e-3)
         loss_fn = make_elbo_loss(model)
-        step = engine.make_train_step(loss_fn, opt, precision=spec.precision, compile=compile, donate=donate)
+        step = engine.make_train_step(
+            loss_fn, opt, engine.StepOptions(precision=spec.precision, compile=compile, donate=donate)
+        )
         state = engine.init_state(model, opt, _scaler(spec.precision, spec.device))
         return step, state, {"eps": (VAE_LATENT,)}
 
@@ -71,7 +73,7 @@ def _conv_ae(spec: Spec, compile, donate):
     model = build_ae("conv", AE_LATENT).to(spec.device)
     opt = engine.adam(1e-3)
     step = engine.make_train_step(
-        make_ae_loss(model), opt, precision=spec.precision, compile=compile, donate=donate
+        make_ae_loss(model), opt, engine.StepOptions(precision=spec.precision, compile=compile, donate=donate)
     )
     return step, engine.init_state(model, opt, _scaler(spec.precision, spec.device)), {}
 
@@ -81,7 +83,10 @@ def _dcgan(spec: Spec, compile, donate):
     gen, disc = (m.to(spec.device) for m in build_gan("dcgan", (1, 28, 28), GAN_LATENT, GAN_WIDTH))
     g_opt, d_opt = (engine.adam(2e-4, b1=0.5) for _ in range(2))
     step = engine.make_gan_step(
-        *make_gan_loss(gen, disc), g_opt, d_opt, precision=spec.precision, compile=compile, donate=donate
+        *make_gan_loss(gen, disc),
+        g_opt,
+        d_opt,
+        engine.StepOptions(precision=spec.precision, compile=compile, donate=donate),
     )
     state = engine.init_gan_state(gen, disc, g_opt, d_opt, spec.precision)
     return step, state, {"z": (GAN_LATENT,)}

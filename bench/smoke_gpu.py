@@ -1,5 +1,4 @@
-"""make smoke-gpu: the first thing to run on a GPU machine (its four checks took 193 s on an H100,
-232 s on an H200).
+"""make smoke-gpu: the first thing to run on a GPU machine (docs/performance.md: how long it took where).
 It asserts CUDA is there, then checks the compiled, CUDA-graph and fp16/bf16 mlp-VAE steps against eager ones,
 a donated CUDA-graph run with a checkpoint and a resume against an uninterrupted run, a GAN step,
 and the CUDA bench rows; any failure ends it with exit 1, no CUDA with exit 2."""
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 
 import engine
 import harness
-from harness.run import unusable_gpu
+from harness.device import unusable_gpu
 from losses import make_elbo_loss, make_gan_loss
 from models import build_gan, build_vae
 
@@ -33,7 +32,7 @@ def _vae_steps(compile, precision="fp32", steps=30):
     model = build_vae("mlp", LATENT).cuda()
     opt = engine.adam(1e-3)
     step = engine.make_train_step(
-        make_elbo_loss(model), opt, precision=precision, compile=compile, donate=True
+        make_elbo_loss(model), opt, engine.StepOptions(precision=precision, compile=compile, donate=True)
     )
     state = engine.init_state(model, opt, engine.scaler_init("cuda") if precision == "fp16" else None)
     loader = harness.Loader(harness.load_mnist(split="train", device="cuda"), 128, 0, {"eps": (LATENT,)})
@@ -80,7 +79,9 @@ def check_gan() -> str:
     torch.manual_seed(0)
     gen, disc = (m.cuda() for m in build_gan("dcgan", (1, 28, 28), 100, 32))
     g_opt, d_opt = engine.adam(2e-4, b1=0.5), engine.adam(2e-4, b1=0.5)
-    step = engine.make_gan_step(*make_gan_loss(gen, disc), g_opt, d_opt, compile="cudagraphs", donate=True)
+    step = engine.make_gan_step(
+        *make_gan_loss(gen, disc), g_opt, d_opt, engine.StepOptions(compile="cudagraphs", donate=True)
+    )
     state = engine.init_gan_state(gen, disc, g_opt, d_opt)
     loader = harness.Loader(harness.load_mnist(split="train", device="cuda"), 64, 0, {"z": (100,)})
     for _, batch in zip(range(10), loader):

@@ -43,7 +43,7 @@ def test_engine_step_count_equals_an_explicit_forward_backward_count():
     loss_fn, opt = make_elbo_loss(model), engine.adam(1e-3)
     state = engine.init_state(model, opt)
     batch = {"x": torch.rand(B, 1, 28, 28), "eps": torch.randn(B, 20)}
-    step = engine.make_train_step(loss_fn, opt, compile=False)
+    step = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))
     counted = count_flops(lambda: step(state, batch))
 
     params = {k: v.clone().requires_grad_() for k, v in state.params.items()}

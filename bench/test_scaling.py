@@ -45,7 +45,9 @@ def _worker(rank: int, size: int, port: int, conn, compile: bool, batch_size: in
     model = build_vae("mlp", LATENT)
     opt = engine.adam(1e-3)
     reduce = mean_over_ranks if size > 1 else None
-    step = engine.make_train_step(make_elbo_loss(model), opt, compile=compile, donate=True, all_reduce=reduce)
+    step = engine.make_train_step(
+        make_elbo_loss(model), opt, engine.StepOptions(compile=compile, donate=True, all_reduce=reduce)
+    )
     state = engine.init_state(model, opt)
     data = harness.load_mnist(os.environ.get("DATA_DIR"), "train")
     loader = harness.Loader(data, batch_size, 0, {"eps": (LATENT,)}, world=World(rank, size))

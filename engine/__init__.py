@@ -2,11 +2,14 @@
 collectives and the checkpoint format. It knows no model, metric name, CLI flag or run directory:
 the harness (data, loops, runs) and the evaluation (FID, plots, reports) are packages of their own."""
 
-from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init
+from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_update, unscale
 from engine.checkpoint import (
+    FORMAT,
     CheckpointError,
     CorruptCheckpoint,
     WriteError,
+    atomic_write,
+    fsync_dir,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
@@ -17,8 +20,20 @@ from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
 from engine.optim import Optimizer, adam, adamw, sgd, with_hyperparams
 from engine.schedules import constant, cosine, linear_warmup
-from engine.state import Aux, TrainState, clone_state, init_state, tree_map
+from engine.state import (
+    Aux,
+    TrainState,
+    clone_state,
+    flatten_state,
+    init_state,
+    stack_states,
+    tree_map,
+    unflatten_state,
+    unstack_state,
+)
 from engine.step import (
+    COMPILE_MODES,
+    StepOptions,
     compile_step,
     make_eval_step,
     make_pure_train_step,
@@ -33,6 +48,10 @@ __all__ = [
     "init_state",
     "clone_state",
     "tree_map",
+    "flatten_state",
+    "unflatten_state",
+    "stack_states",
+    "unstack_state",
     "call_module",
     "load_into",
     # optimizers and schedules
@@ -49,7 +68,11 @@ __all__ = [
     "ScalerConfig",
     "autocast",
     "scaler_init",
+    "scaler_update",
+    "unscale",
     # steps
+    "StepOptions",
+    "COMPILE_MODES",
     "make_train_step",
     "make_pure_train_step",
     "make_vmapped_train_step",
@@ -64,6 +87,9 @@ __all__ = [
     "load_checkpoint",
     "read_metadata",
     "save_weights",
+    "atomic_write",
+    "fsync_dir",
+    "FORMAT",
     "CheckpointError",
     "CorruptCheckpoint",
     "WriteError",

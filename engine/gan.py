@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 import torch
 
-from engine.amp import ScalerConfig, autocast, scaler_init
+from engine.amp import autocast, scaler_init
 from engine.optim import Optimizer
 from engine.state import Tensors, TrainState, init_state, write_state
-from engine.step import compile_step, make_pure_train_step
+from engine.step import StepOptions, compile_step, make_pure_train_step
 
 
 class GANState(NamedTuple):
@@ -46,15 +46,10 @@ def make_gan_step(
     gen_loss: Callable,
     gen_opt: Optimizer,
     disc_opt: Optimizer,
+    options: StepOptions = StepOptions(),
     *,
     n_disc: int = 1,
     ema_decay: float = 0.999,
-    precision: str = "fp32",
-    compile: bool | str | None = None,
-    donate: bool = False,
-    scaler_config: ScalerConfig = ScalerConfig(),
-    all_reduce: Callable[[dict], dict] | None = None,
-    cache=None,
 ) -> Callable[[GANState, dict], tuple[GANState, dict]]:
     """Build `step(state, batch) -> (state, metrics)` for a GAN.
 
@@ -64,14 +59,14 @@ def make_gan_step(
     conditional GAN sees them at the data's class frequencies. The generator update reuses the last
     chunk (z, y and x), as pytorch/examples' DCGAN reuses its fake batch. Each player's update is
     the single-model pure step of engine.step (gradient, fp16 loss scaling, optimizer), so both
-    share its precision policy; the whole thing is one compiled region.
-    all_reduce: as make_train_step's, once per player update. cache: as compile_step's.
+    share the options (precision, donation, all_reduce once per player update); the whole thing is
+    one compiled region, compiled and cached as the options say.
     """
     if n_disc < 1:
         raise ValueError(f"n_disc must be at least 1, got {n_disc}")
-    shared = dict(precision=precision, donate=donate, scaler_config=scaler_config, all_reduce=all_reduce)
-    d_update = make_pure_train_step(disc_loss, disc_opt, **shared)
-    g_update = make_pure_train_step(gen_loss, gen_opt, **shared)
+    precision, donate = options.precision, options.donate
+    d_update = make_pure_train_step(disc_loss, disc_opt, options)
+    g_update = make_pure_train_step(gen_loss, gen_opt, options)
 
     def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc
@@ -91,7 +86,7 @@ def make_gan_step(
         ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
-    return compile_step(step, compile, donate, cache)
+    return compile_step(step, options)
 
 
 def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:

@@ -66,6 +66,16 @@ def write_state(old, new, donate: bool, keep_old: torch.Tensor | None = None):
     return tree_map(lambda o, n: torch.where(keep_old, o, n), old, new)
 
 
+def stack_states(states: list):
+    """S states of one structure -> one state whose tensors have a leading axis S (a vmapped step's)."""
+    return tree_map(lambda *tensors: torch.stack(tensors), *states)
+
+
+def unstack_state(state, i: int):
+    """The i-th of the states stack_states stacked."""
+    return tree_map(lambda t: t[i], state)
+
+
 def clone_state(state):
     """A deep copy of any state pytree (for purity checks and snapshots)."""
     return tree_map(lambda t: t.clone(), state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,9 +17,32 @@ from engine.state import Aux, TrainState, tree_map, write_state
 LossFn = Callable[[dict, dict, dict], tuple[torch.Tensor, Aux]]
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How every step of a run is built, one value passed whole (a run builds it once from its config).
+
+    compile: True, False, None (per-device default), "auto", a COMPILE_MODES name or a torch.compile
+    mode such as "reduce-overhead" (CUDA graphs). donate=True lets the step overwrite the input
+    state's storage; the result is bitwise the same as donate=False. all_reduce (data parallel, e.g.
+    engine.mean_over_ranks) maps a flat dict of tensors to their means over the ranks; the step calls
+    it once per update, between gradient and update, on the gradients, the metrics and the float
+    buffers together, so every rank applies the same update. cache: a file for the compiled step
+    (compile_step's)."""
+
+    precision: str = "fp32"  # autocast policy: fp32, bf16, fp16 (fp16 adds dynamic loss scaling)
+    compile: bool | str | None = None  # None: compiled on CPU and CUDA (default_compile)
+    donate: bool = False  # the step may write the new state into the old state's storage
+    scaler_config: ScalerConfig = ScalerConfig()  # fp16 loss-scale growth and backoff
+    all_reduce: Callable[[dict], dict] | None = None  # None: a single process
+    cache: str | Path | None = None  # None: no compiled-step file
+
+    def __post_init__(self):
+        autocast(self.precision, "cpu")  # validate the precision name now, not at the first step
+
+
 def default_compile(device_type: str) -> bool:
-    """Compile by default on CUDA, and on CPU too: on 2 CPU cores the compiled mlp VAE step measured
-    1.8x the eager one and the conv VAE 1.08x (docs/performance.md); the first step pays ~20 s."""
+    """Compile by default on CUDA, and on CPU too: the compiled steps measured faster than eager ones
+    on both (docs/performance.md has the figures); the first step pays for the compilation."""
     return device_type in ("cuda", "cpu")
 
 
@@ -30,32 +54,15 @@ def _nonfinite(loss: torch.Tensor, grads: dict) -> torch.Tensor:
 
 
 def make_train_step(
-    loss_fn: LossFn,
-    optimizer: Optimizer,
-    *,
-    precision: str = "fp32",
-    compile: bool | str | None = None,
-    donate: bool = False,
-    scaler_config: ScalerConfig = ScalerConfig(),
-    all_reduce: Callable[[dict], dict] | None = None,
-    cache: str | Path | None = None,
+    loss_fn: LossFn, optimizer: Optimizer, options: StepOptions = StepOptions()
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Build `step(state, batch) -> (state, metrics)`.
+    """Build `step(state, batch) -> (state, metrics)`: make_pure_train_step, compiled as
+    options.compile says (compile_step).
 
     loss_fn(params, buffers, batch) -> (loss, Aux(metrics, buffers)) sees `batch["step"]`, the step
-    tensor, for schedules inside the loss. compile: True, False, None (per-device default) or a
-    torch.compile mode such as "reduce-overhead" (CUDA graphs). donate=True lets the step overwrite
-    the input state's storage; the result is bitwise the same as donate=False. all_reduce (data
-    parallel, e.g. engine.mean_over_ranks) maps a flat dict of tensors to their means
-    over the ranks; the step calls it once, between gradient and update, on the gradients, the
-    metrics and the float buffers together, so every rank applies the same update. cache: a file
-    for the compiled step (compile_step's).
+    tensor, for schedules inside the loss.
     """
-    pure = make_pure_train_step(
-        loss_fn, optimizer, precision=precision, donate=donate, scaler_config=scaler_config,
-        all_reduce=all_reduce,
-    )  # fmt: skip
-    return compile_step(pure, compile, donate, cache)
+    return compile_step(make_pure_train_step(loss_fn, optimizer, options), options)
 
 
 def _synced(all_reduce, grads: dict, metrics: dict, buffers: dict):
@@ -73,19 +80,13 @@ def _unzip(pairs: dict) -> tuple[dict, dict]:
 
 
 def make_pure_train_step(
-    loss_fn: LossFn,
-    optimizer: Optimizer,
-    *,
-    precision: str = "fp32",
-    donate: bool = False,
-    scaler_config: ScalerConfig = ScalerConfig(),
-    all_reduce: Callable[[dict], dict] | None = None,
-    cache: str | Path | None = None,
+    loss_fn: LossFn, optimizer: Optimizer, options: StepOptions = StepOptions()
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The uncompiled pure step that make_train_step compiles (and make_vmapped_train_step vmaps);
-    compose it into a larger step (as the GAN step does) and compile the whole with compile_step."""
+    compose it into a larger step (as the GAN step does) and compile the whole with compile_step.
+    Of the options it reads precision, donate, scaler_config and all_reduce."""
+    precision, donate, all_reduce = options.precision, options.donate, options.all_reduce
     fp16 = precision == "fp16"
-    autocast(precision, "cpu")  # validate the precision name now, not at the first step
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch = {**batch, "step": state.step}
@@ -112,7 +113,7 @@ def make_pure_train_step(
         always = {"step": (state.step, state.step + 1)}
         if fp16:  # the scale backs off or grows; BatchNorm statistics update anyway, as GradScaler's
             metrics["loss_scale"] = state.scaler["scale"].clone()  # the scale this step used
-            always["scaler"] = (state.scaler, scaler_update(state.scaler, skip, scaler_config))
+            always["scaler"] = (state.scaler, scaler_update(state.scaler, skip, options.scaler_config))
             always["buffers"] = (state.buffers, aux.buffers)
         else:  # an inf/nan forward may have poisoned BatchNorm statistics too
             gated["buffers"] = (state.buffers, aux.buffers)
@@ -129,30 +130,33 @@ def make_pure_train_step(
 
 
 def make_vmapped_train_step(
-    loss_fn: LossFn, optimizer: Optimizer, *, config_keys=(), precision="fp32", compile=None
+    loss_fn: LossFn, optimizer: Optimizer, options: StepOptions = StepOptions(), *, config_keys=()
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One step for S models at once: `step(stacked_state, batch)`, every state tensor with a
     leading axis of size S (torch.func.vmap), inside the same single compiled region.
 
     The batch is shared by all S models, except its `config_keys` entries (e.g. a per-model KL
     weight), which carry the leading S axis too. Use an optimizer built with foreach=False: vmap has
-    no batching rules for the multi-tensor kernels.
+    no batching rules for the multi-tensor kernels. Of the options it reads precision and compile.
     """
-    single = make_pure_train_step(loss_fn, optimizer, precision=precision)
+    single = make_pure_train_step(loss_fn, optimizer, StepOptions(precision=options.precision))
 
     def step(state: TrainState, batch: dict):
         axes = {k: 0 if k in config_keys else None for k in batch}
         return torch.func.vmap(single, in_dims=(0, axes), randomness="error")(state, batch)
 
-    return compile_step(step, compile)
+    return compile_step(step, StepOptions(compile=options.compile))
 
 
-def make_eval_step(loss_fn: LossFn, *, precision: str = "fp32") -> Callable[[TrainState, dict], dict]:
-    """Build `eval_step(state, batch) -> metrics`: the loss and its metrics without gradients (eager)."""
+def make_eval_step(
+    loss_fn: LossFn, options: StepOptions = StepOptions()
+) -> Callable[[TrainState, dict], dict]:
+    """Build `eval_step(state, batch) -> metrics`: the loss and its metrics without gradients (eager,
+    in the options' precision)."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         batch = {**batch, "step": state.step}
-        with torch.no_grad(), autocast(precision, state.step.device.type):
+        with torch.no_grad(), autocast(options.precision, state.step.device.type):
             loss, aux = loss_fn(state.params, state.buffers, batch)
         return {"loss": loss, **aux.metrics}
 
@@ -174,24 +178,25 @@ def _resolve(compile, device_type: str) -> str | None:
     return COMPILE_MODES.get(compile, compile)  # a name above, or a torch.compile mode as it is
 
 
-def compile_step(step, compile: bool | str | None = None, donate: bool = False, cache=None):
-    """The whole step as one torch.compile(fullgraph=True) region. compile: True / False, None or
-    "auto" (the per-device default, resolved at the first call), a COMPILE_MODES name or a
-    torch.compile mode.
+def compile_step(step, options: StepOptions = StepOptions()):
+    """The whole step as one torch.compile(fullgraph=True) region, as options.compile says: True /
+    False, None or "auto" (the per-device default, resolved at the first call), a COMPILE_MODES name
+    or a torch.compile mode.
 
-    cache: a file for the compiled step (torch.compile's ahead-of-time artifact: traced, lowered and
-    serialised once, loaded by a later process in about a second instead of traced again). The
+    options.cache: a file for the compiled step (torch.compile's ahead-of-time artifact: traced, lowered and
+    serialised once, loaded by a later process instead of traced again). The
     caller names the file so that it changes whenever the step would (its code, model, loss and
     hyperparameters: they are baked into the artifact); torch's guards still check the inputs'
     shapes, dtypes and devices at the first call, and any failure to load, match or save falls back
     to compiling as without a cache. Not for CUDA graphs.
 
     CUDA graphs ("cudagraphs" = "reduce-overhead"): a replay overwrites the outputs of the one
-    before, so the state must not live in the graph's memory pool. A donated step (donate=True,
-    built with the same flag) writes every new value into its input's storage: the state tensors
+    before, so the state must not live in the graph's memory pool. A donated step (options.donate,
+    built with the same options) writes every new value into its input's storage: the state tensors
     are marked as static addresses once and updated in place, replay after replay. An undonated
     step's new state is copied out of the pool. Either way the metrics are copied out before the
     next replay, which torch.compiler.cudagraph_mark_step_begin() announces."""
+    compile, donate, cache = options.compile, options.donate, options.cache
     compiled = {}
 
     def run(state, batch: dict):

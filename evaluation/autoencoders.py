@@ -8,37 +8,16 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from engine.checkpoint import atomic_write
+from engine import atomic_write
 from evaluation import latents as metrics
 from evaluation.likelihood import iwae_bounds, nll_subset, scored_seconds, standard_error
-from harness.data import DataError, load_dataset
+from evaluation.trained import load_trained
+from harness import TEST_SEED, load_dataset, resolve_device
 from harness.loader import fixed_images
-from harness.run import TEST_SEED, resolve_device
 from losses import bernoulli_nll, elbo, gaussian_kl, one_draw_kl, squared_error
-from models import build_ae, build_vae
 
 CHUNK = 500  # images per forward pass
-
-
-def load_trained(run_dir: Path, device):
-    """(config dict, model with the run's final weights, in eval mode); DataError if it is not one."""
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = None
-    build = {"vae": build_vae, "ae": build_ae}.get(cfg.get("experiment")) if isinstance(cfg, dict) else None
-    if (
-        build is None
-        or not (run_dir / "model.safetensors").exists()
-        or not {"arch", "latent_dim"} <= cfg.keys()
-    ):
-        raise DataError(f"{run_dir} is not a finished AE/VAE run (config.json and model.safetensors)")
-    prior = {"prior": cfg.get("prior", "normal"), "pseudo_inputs": cfg.get("pseudo_inputs", 500)}
-    model = build(cfg["arch"], cfg["latent_dim"], **(prior if build is build_vae else {})).to(device)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors"), device=str(device)), strict=True)
-    return cfg, model.eval()
 
 
 @torch.no_grad()
@@ -111,7 +90,7 @@ def weights_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-QUICK_K, QUICK_IMAGES = 1000, 500  # the default NLL: about 1.5 min for the conv VAE on 2 CPU cores
+QUICK_K, QUICK_IMAGES = 1000, 500  # the default NLL: a quick look (docs/evaluation.md: its time)
 FULL_K, FULL_IMAGES = 5000, 0  # --full: Burda et al.'s protocol, k=5000 over every test image
 
 
@@ -126,3 +105,10 @@ def evaluate_run(run_dir, iwae_k=QUICK_K, iwae_images=QUICK_IMAGES, device="auto
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(run_dir / "eval.json", lambda tmp: tmp.write_text(text))  # processes may share a run
     return cfg, model, result, tensors
+
+
+def nll_line(result: dict) -> str:
+    """NLL, its standard error over the test images scored, k and the wall time, in one line."""
+    se = f" +- {result['nll_se']:.2f} (standard error over the images)" if result.get("nll_se") else ""
+    how = f"IWAE k={result['iwae_k']}, {result['iwae_images']:,} test images, {result['nll_wall_s']:,.1f} s"
+    return f"NLL {result['nll']:.2f}{se} nats ({how})"

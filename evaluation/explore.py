@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+import engine
 from evaluation import latents
 from evaluation.autoencoders import decode, encode
 from evaluation.plots import Image
-from harness.data import to_unit
+from evaluation.sampling import Sampler
+from harness import Throttled, finish, to_unit
 
 PAGE = "explore.html"
 GRID = 40  # decoded images per side of the code plane's dense grid
@@ -73,6 +75,26 @@ def board_projector(board, model, test_images: torch.Tensor, labels: torch.Tenso
     board.embedding(codes, labels[:PROJECTED], x, step)
 
 
+class EpochFigures:
+    """An AE/VAE run's pictures after each epoch (rank 0): reconstructions and, for a VAE (latent_dim
+    given), prior samples on TensorBoard, and the run's own figures, draw(state), throttled to about
+    5% of the wall time; flush() draws the last skipped ones."""
+
+    def __init__(self, run, model, draw, latent_dim: int | None = None):
+        self.run, self.model, self.latent_dim = run, model, latent_dim
+        self.test_x = to_unit(run.test.images)
+        self.plots = Throttled(draw)
+
+    def __call__(self, state, record: dict) -> None:
+        engine.load_into(self.model, state.params, state.buffers)
+        seed = self.run.config.seed
+        board_images(self.run.board, self.model, self.test_x, record["step"], self.latent_dim, seed)
+        self.plots(state)
+
+    def flush(self) -> None:
+        self.plots.flush()
+
+
 def headline(final: dict, config: dict) -> dict[str, str]:
     """The numbers a page shows: the final test metrics, the epochs and the steps."""
     shown = {f"test {k}": f"{v:.4g}" for k, v in final.items() if isinstance(v, int | float)}
@@ -80,15 +102,14 @@ def headline(final: dict, config: dict) -> dict[str, str]:
 
 
 def finish_exploring(run, model, state, evaluate, title: str) -> dict:
-    """The end of an AE/VAE run: the test codes into TensorBoard's projector, run.finish (weights,
-    final test metrics, the board closed), then explore.html (rank 0). Returns the final metrics."""
-    import engine
-
+    """The end of an AE/VAE run (a harness.RunContext): the test codes into TensorBoard's projector,
+    harness.finish (weights, final test metrics, the board closed), then explore.html (rank 0).
+    Returns the final metrics."""
     engine.load_into(model, state.params, state.buffers)
     test_x = to_unit(run.test.images)
     if run.world.main:
-        board_projector(run.board, model, test_x, run.test.labels, run.steps_done)
-    final = run.finish(state, evaluate)
+        board_projector(run.board, model, test_x, run.test.labels, int(state.step))
+    final = finish(run, state, evaluate)
     if run.world.main:
         cfg = dataclasses.asdict(run.config)
         info = {"title": title, "dataset": cfg["dataset"], "numbers": headline(final, cfg)}
@@ -154,20 +175,17 @@ def write_explorer(run_dir, model, test_images: torch.Tensor, labels: torch.Tens
 
 
 @torch.no_grad()
-def write_gan_explorer(
-    run_dir, generate, params, buffers, latent_dim: int, seed: int, classes: int, info
-) -> Path:
+def write_gan_explorer(run_dir, sampler: Sampler, seed: int, info) -> Path:
     """run_dir/explore.html for a GAN run: the fixed-z grid of every epoch (grids/epoch-*.png) on a
     slider, and for each of the 64 fixed draws NEIGHBOURS generated from z + RADIUS * N(0, I), shown
-    when the sample is clicked. generate(params, buffers, z, y) -> (images in [-1, 1], buffers)."""
-    run_dir = Path(run_dir)
-    device = next(iter(params.values())).device
+    when the sample is clicked."""
+    run_dir, device, latent_dim, classes = Path(run_dir), sampler.device, sampler.latent_dim, sampler.classes
     z = torch.randn(64, latent_dim, generator=torch.Generator(device=device).manual_seed(seed), device=device)
     g = torch.Generator(device=device).manual_seed(seed + 1)
     near = z[:, None] + RADIUS * torch.randn(64, NEIGHBOURS, latent_dim, generator=g, device=device)
     zs = torch.cat([z[:, None], near], 1).flatten(0, 1)  # (64 * (1 + NEIGHBOURS), Z): each draw, then its own
     y = (torch.arange(64, device=device) % classes).repeat_interleave(1 + NEIGHBOURS) if classes else None
-    images = torch.cat([generate(params, buffers, zs[i : i + 144], None if y is None else y[i : i + 144])[0]
+    images = torch.cat([sampler(zs[i : i + 144], None if y is None else y[i : i + 144])
                         for i in range(0, len(zs), 144)])  # fmt: skip
     images = ((images.float() + 1) / 2).clamp(0, 1)
     grids = sorted((run_dir / "grids").glob("epoch-*.png"))

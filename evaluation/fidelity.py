@@ -8,45 +8,10 @@ import torch
 
 from evaluation.features import classifier_outputs, load_classifier
 from evaluation.quality import compare_features
+from evaluation.sampling import SAMPLE_BATCH, Sampler, sample_images
 from harness.data import Dataset, to_unit
 from harness.world import World, gather_rows
 from models.classifier import weights_path
-
-SAMPLE_BATCH = 500  # generator batch when sampling for scores (BatchNorm runs on batch statistics)
-
-
-def sample_labels(n: int, classes: int, device) -> torch.Tensor | None:
-    """The labels a conditional generator is asked for when sampled for scores: 0, 1, ..., classes-1,
-    0, 1, ... (balanced); None for an unconditional one."""
-    return torch.arange(n, device=device) % classes if classes else None
-
-
-@torch.no_grad()
-def sample_images(
-    generate,
-    params,
-    buffers,
-    n: int,
-    latent_dim: int,
-    seed: int,
-    batch: int = SAMPLE_BATCH,
-    rows=None,
-    classes=0,
-):
-    """n images in [0, 1], (n, C, H, W), from z ~ N(0, I) drawn with `seed` (only z[rows] if given),
-    and for a conditional generator (classes > 0) the labels of sample_labels.
-
-    generate(params, buffers, z, y) -> (images in [-1, 1], buffers). BatchNorm runs on batch
-    statistics, as pytorch/examples' DCGAN samples; the returned buffers are dropped, so nothing is mutated.
-    """
-    device = next(iter(params.values())).device
-    z = torch.randn(n, latent_dim, generator=torch.Generator(device=device).manual_seed(seed), device=device)
-    y = sample_labels(n, classes, device)
-    z, y = (z, y) if rows is None else (z[rows], None if y is None else y[rows])
-    n = len(z)
-    parts = [(z[i : i + batch], None if y is None else y[i : i + batch]) for i in range(0, n, batch)]
-    out = [generate(params, buffers, zi, yi)[0].float() for zi, yi in parts]
-    return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
 def random_subset(data: Dataset, n: int, seed: int) -> torch.Tensor:
@@ -99,16 +64,14 @@ class RealReference:
             floors[n, seed] = self.score(random_subset(train, n, seed), recall=False)["fid"]
         return floors[n, seed]
 
-    def score_generator(
-        self, generate, params, buffers, n, latent_dim, seed, recall=True, world=World(), classes=0
-    ):
-        """score() of n images sampled with `seed`. Data parallel: each rank samples and embeds its
+    def score_generator(self, sampler: Sampler, n: int, seed: int, recall=True, world=World()):
+        """score() of n images the sampler draws with `seed`. Data parallel: each rank samples and embeds its
         own 1/size of them, and the features and logits are gathered onto every rank."""
         chunks = -(-n // SAMPLE_BATCH)  # whole sampling batches per rank: BatchNorm sees the same ones
         first, last = (chunks * r // world.size * SAMPLE_BATCH for r in (world.rank, world.rank + 1))
         rows = slice(first, min(last, n))
         if rows.start < rows.stop:
-            images = sample_images(generate, params, buffers, n, latent_dim, seed, rows=rows, classes=classes)
+            images = sample_images(sampler, n, seed, rows=rows)
             feats, logits = self.embed(images)
         else:  # more ranks than sampling batches
             feats, logits = self.features[:0], self.logits[:0]

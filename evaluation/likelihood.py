@@ -32,7 +32,7 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
     return streamed_iwae_bound([log_weights])
 
 
-COMPILE_ABOVE = 2_000_000  # image-samples: past this the decoder pass is compiled (~20 s, then ~1.7x)
+COMPILE_ABOVE = 2_000_000  # image-samples: past this the decoder pass is compiled (it pays for its compile)
 
 
 def _block_seed(seed: int, block: int) -> int:

@@ -9,7 +9,7 @@ import torch
 
 
 class _Lazy:
-    """A module imported at its first use: matplotlib and torchvision cost about a second of start-up,
+    """A module imported at its first use: matplotlib and torchvision add to the start-up time,
     which a run need not pay before its first step (its first figure comes after an epoch)."""
 
     def __init__(self, load):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.fidelity import random_subset
+from evaluation.sampling import Sampler, sample_images
 from harness.data import Dataset, to_unit
 
 PATCH = 7  # descriptor: a 7x7 neighbourhood of one pyramid level, all channels
@@ -123,3 +124,8 @@ class SWDReference:
             **multiscale_swd(self.real, images[: len(self.real)].cpu(), self.seed),
             "swd_floor": self.floor["swd"],
         }
+
+    def score_generator(self, sampler: Sampler, n: int, seed: int, recall=True, world=None) -> dict:
+        """score() of as many images as the folder holds out, drawn with `seed` (n, recall and the
+        ranks do not apply: the SWD runs whole on every rank)."""
+        return self.score(sample_images(sampler, len(self), seed))

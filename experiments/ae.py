@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 
 import engine
-from evaluation.explore import board_images, finish_exploring
+from evaluation.explore import EpochFigures, finish_exploring
 from evaluation.plots import plot_curves, save_image_rows
-from harness import Run, RunConfig, main_guard, option, read_metrics, to_unit
-from harness.timing import Throttled
+from harness import RunConfig, RunContext, main_guard, open_run, option, read_metrics, to_unit, train
 from losses import make_ae_loss
 from losses.ae import RECONSTRUCTIONS
 from models import ARCHS, build_ae
@@ -30,11 +29,12 @@ class AEConfig(RunConfig):
         return f"{self.arch}-z{self.latent_dim}"
 
 
-def save_plots(run: Run, model, state, records) -> None:
+def save_plots(run: RunContext, model, state) -> None:
     """loss.png and reconstructions.png in the run directory."""
-    tag = f"AE {run.config.arch} z={run.config.latent_dim} on {run.config.dataset}"
-    panels = [(f"training loss ({run.config.loss})", "loss"), ("MSE per pixel", "mse")]
-    plot_curves(records, panels, run.run_dir / "loss.png", tag)
+    cfg = run.config
+    tag = f"AE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}"
+    panels = [(f"training loss ({cfg.loss})", "loss"), ("MSE per pixel", "mse")]
+    plot_curves(read_metrics(run.run_dir), panels, run.run_dir / "loss.png", tag)
     engine.load_into(model, state.params, state.buffers)
     with torch.no_grad():
         x = to_unit(run.test.images[:16])  # (16, 1, 28, 28)
@@ -49,26 +49,16 @@ def save_plots(run: Run, model, state, records) -> None:
 
 @main_guard
 def main(argv=None):
-    run = Run.start(AEConfig, argv, "ae")
+    run = open_run(AEConfig, argv, "ae")  # flags, run directory, device, data
     cfg = run.config
     model = build_ae(cfg.arch, cfg.latent_dim).to(run.device)
     loss_fn = make_ae_loss(model, cfg.loss)
     optimizer = engine.adam(cfg.lr)
-    step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
-    )  # fmt: skip
+    step = engine.make_train_step(loss_fn, optimizer, run.options)
     evaluate = run.evaluator(loss_fn)
-    plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
-    test_x = to_unit(run.test.images)
-
-    def on_epoch_end(s, record):
-        engine.load_into(model, s.params, s.buffers)
-        board_images(run.board, model, test_x, record["step"], None, cfg.seed)
-        plots(s)
-
-    state = run.fit(step, run.init_state(model, optimizer), run.loader(), evaluate, on_epoch_end=on_epoch_end)
-    plots.flush()  # the last epoch's figures, if the throttle skipped them
+    figures = EpochFigures(run, model, lambda s: save_plots(run, model, s))
+    state = train(run, step, run.init_state(model, optimizer), run.loader(), evaluate, on_epoch_end=figures)
+    figures.flush()  # the last epoch's figures, if the throttle skipped them
     return finish_exploring(run, model, state, evaluate, f"AE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}")
 
 

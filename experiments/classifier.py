@@ -12,16 +12,15 @@ import torch
 from safetensors.torch import save_file
 
 import engine
-from engine.checkpoint import atomic_write
 from evaluation.plots import plot_curves
-from harness import Run, RunConfig, main_guard, option, read_metrics
+from harness import RunConfig, RunContext, finish, main_guard, open_run, option, read_metrics, train
 from losses.classify import SHIFT_NOISE, make_classifier_loss
 from models.classifier import build_classifier, weights_path
 
 
 @dataclass(frozen=True)
 class ClassifierConfig(RunConfig):
-    epochs: int = option(8, "passes over the training set (the shipped weights: 8)")
+    epochs: int = option(8, "passes over the training set")
     width: int = option(32, "channels of the first conv stage (the second has twice as many)")
     weight_decay: float = option(0.01, "decoupled (AdamW) weight decay")
     warmup: int = option(200, "steps of linear learning-rate warm-up before the cosine decay")
@@ -39,7 +38,7 @@ class ClassifierConfig(RunConfig):
         return "cnn"
 
 
-def export_weights(run: Run, state, accuracy: float, argv) -> Path:
+def export_weights(run: RunContext, state, accuracy: float, argv) -> Path:
     """The trained weights as a plain state_dict, with how they were made in the metadata."""
     cfg = run.config
     path = weights_path(cfg.dataset)
@@ -54,37 +53,36 @@ def export_weights(run: Run, state, accuracy: float, argv) -> Path:
         "test_accuracy": f"{accuracy:.4f}",
         "torch": torch.__version__,
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    engine.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
 
 @main_guard
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    run = Run.start(ClassifierConfig, argv, "classifier")
+    run = open_run(ClassifierConfig, argv, "classifier")  # flags, run directory, device, data
     cfg = run.config
     model = build_classifier(cfg.width).to(run.device)
     loss_fn = make_classifier_loss(model, cfg.max_shift)
     total = cfg.epochs * (len(run.train.images) // cfg.batch_size)
     schedule = engine.cosine(cfg.lr, min(total, cfg.max_steps or total), cfg.warmup)
     optimizer = engine.adam(schedule, weight_decay=cfg.weight_decay, decoupled=True)
-    step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce,  # None unless launched with torchrun
-    )  # fmt: skip
+    step = engine.make_train_step(loss_fn, optimizer, run.options)
     evaluate = run.evaluator(loss_fn)
     panels = [("cross entropy", "ce"), ("accuracy", "accuracy")]
     title = f"CNN classifier width {cfg.width} on {cfg.dataset}"
-    state = run.fit(
+    state = train(
+        run,
         step,
         run.init_state(model, optimizer),
         run.loader({SHIFT_NOISE: (2,)} if cfg.max_shift else None),  # evaluation: no shift draws
         evaluate,
+        lr=schedule,
         on_epoch_end=lambda s, _: plot_curves(
             read_metrics(run.run_dir), panels, run.run_dir / "loss.png", title
         ),
     )
-    final = run.finish(state, evaluate)
+    final = finish(run, state, evaluate)
     main = run.world.main  # torchrun: rank 0 reports and exports
     if main:
         print(f"test accuracy {100 * final['accuracy']:.2f}% on {cfg.dataset}")

@@ -7,12 +7,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run
+from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run, nll_line
 from evaluation.report import write_compare_report, write_run_report
 from experiments import ae, vae
-from experiments.evaluate import nll_line
-from harness import Config, DataError, main_guard, option, parse_config
-from harness.config import BINARIZE, DATASET_NAMES
+from harness import DataError, main_guard, option, parse_config
+from harness.config import BINARIZE, DATASET_NAMES, RunFlags, TrainingFlags, forwarded
 from models import ARCHS
 
 
@@ -43,7 +42,7 @@ def train_or_reuse(kind: str, run_dir: Path, wanted: dict, extra: list[str]) -> 
 
 
 @dataclass(frozen=True)
-class CompareConfig(Config):
+class CompareConfig(RunFlags):
     dataset: str = option("mnist", "data set", DATASET_NAMES)
     arch: str = option("conv", "encoder/decoder of both models", tuple(ARCHS))
     latent_dim: int = option(2, "size of both codes")
@@ -53,8 +52,6 @@ class CompareConfig(Config):
     iwae_images: int = option(QUICK_IMAGES, "NLL on a seeded subset of N test images (0: all)")
     full: bool = option(False, f"the papers' NLL protocol: k={FULL_K} over every test image (hours on a CPU)")
     out: str = option("", "output folder; empty: runs/compare-<dataset>-<arch>-z<dim>")
-    compile: bool = option(True, "compile the train steps")
-    progress: bool = option(True, "show progress bars")
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,14 +73,16 @@ def main(argv=None):
         "latent_dim": args.latent_dim,
         "epochs": args.epochs,
         "binarize": args.binarize,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
     }
-    extra = ([] if args.progress else ["--no-progress"]) + ([] if args.compile else ["--no-compile"])
+    extra = forwarded(args, TrainingFlags)  # --device, --compile, --progress for both runs
     pair = {}
     for kind in ("ae", "vae"):
         run_dir = out / kind
         train_or_reuse(kind, run_dir, wanted, extra)
         k, images = (FULL_K, FULL_IMAGES) if args.full else (args.iwae_k, args.iwae_images)
-        cfg, model, result, tensors = evaluate_run(run_dir, k, images)
+        cfg, model, result, tensors = evaluate_run(run_dir, k, images, args.device)
         if "nll" in result:
             print(nll_line(result))
         write_run_report(run_dir, cfg, model, result, tensors)

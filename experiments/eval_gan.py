@@ -8,29 +8,29 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from evaluation.autoencoders import decode, load_trained
-from evaluation.fidelity import (
-    RealReference,
-    class_coverage,
-    label_agreement,
-    random_subset,
-    sample_images,
-    sample_labels,
-)
+from evaluation.autoencoders import decode
+from evaluation.fidelity import RealReference, class_coverage, label_agreement, random_subset
 from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows
 from evaluation.quality import compare_features, inception_score, nearest_neighbours
+from evaluation.sampling import sample_images
 from evaluation.swd import SWDReference
-from experiments.gan import CLASSIFIED, GANConfig
-from harness import Config, DataError, main_guard, option, parse_config, resolve_device
-from harness.config import DEVICES
-from harness.run import TEST_SEED, load_splits
+from evaluation.trained import load_generator, load_trained
+from harness import (
+    TEST_SEED,
+    DataError,
+    load_splits,
+    main_guard,
+    option,
+    parse_config,
+    resolve_device,
+)
+from harness.config import DATASET_NAMES, DeviceFlags
 from harness.rundir import PROBES, read_metrics
-from losses.gan import make_gan_loss
-from models.gan import build_gan
 
 FIGURES = [  # (file written by training, caption)
     ("samples_vs_real.png", "EMA generator on a fixed z beside real test images"),
@@ -47,24 +47,6 @@ FIGURES = [  # (file written by training, caption)
 ]
 
 
-def load_generator(run_dir: Path, device):
-    """(GANConfig, generate function, generator params, buffers) of a finished GAN run."""
-    path = run_dir / "config.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved.pop("experiment", None) != "gan" or not (run_dir / "generator.safetensors").exists():
-        raise DataError(f"{run_dir} is not a finished GAN run (config.json and generator.safetensors)")
-    cfg = GANConfig(**saved)
-    shape = (1, 28, 28) if cfg.dataset in CLASSIFIED else (cfg.channels, cfg.image_size, cfg.image_size)
-    gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
-    # committed generators are stored in fp16 (half the size); sampling runs in float32
-    weights = load_file(str(run_dir / "generator.safetensors"), device=str(device))
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # int counters stay
-    gen.load_state_dict(weights, strict=True)  # checks every name and shape
-    params = {k: v for k, v in weights.items() if k in dict(gen.named_parameters())}
-    buffers = {k: v for k, v in weights.items() if k not in params}
-    return cfg, make_gan_loss(gen.to(device), disc.to(device), cfg.loss).generate, params, buffers
-
-
 @torch.no_grad()
 def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple[str, torch.Tensor]:
     """A VAE run's decoded prior draws: sigmoid of the decoder's logits (Bernoulli means)."""
@@ -79,12 +61,13 @@ def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple
 
 def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
     """The metric table rows and the nearest-neighbour grid."""
-    cfg, generate, params, buffers = load_generator(run_dir, device)
+    saved, sampler = load_generator(run_dir, device)
+    cfg = SimpleNamespace(**saved)  # the GAN run's flags, as load_splits reads them
     train, test = load_splits(cfg, device)
-    if cfg.dataset not in CLASSIFIED:
-        return evaluate_folder(cfg, generate, params, buffers, train, test)
+    if cfg.dataset not in DATASET_NAMES:
+        return evaluate_folder(cfg, sampler, train, test)
     reference = RealReference(cfg.dataset, test, device)
-    fake = sample_images(generate, params, buffers, n, cfg.latent_dim, TEST_SEED, classes=cfg.classes)
+    fake = sample_images(sampler, n, TEST_SEED)
     fake_feats, fake_logits = reference.embed(fake)
     rows = {
         f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": compare_features(
@@ -103,13 +86,13 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
     shares = {"generated": coverage["class_shares"], "real (test labels)": coverage["real_shares"]}
     plot_bars(shares, run_dir / "class_histogram.png", title, "class", "share")
     result = {"dataset": cfg.dataset, "samples": n, "rows": rows, "coverage": coverage}
-    if cfg.conditional:
-        requested = sample_labels(n, cfg.classes, device)
+    if sampler.classes:
+        requested = sampler.labels(n)
         result["label_agreement"] = label_agreement(fake_logits, requested)
-        per_class = [fake[requested == c][:12] for c in range(cfg.classes)]
+        per_class = [fake[requested == c][:12] for c in range(sampler.classes)]
         title = f"{cfg.dataset}: 12 samples per requested class (one row each)"
         save_image_rows(
-            per_class, [f"class {c}" for c in range(cfg.classes)], run_dir / "per_class.png", title
+            per_class, [f"class {c}" for c in range(sampler.classes)], run_dir / "per_class.png", title
         )
     # nearest training image in feature space for the first 16 generated samples
     train_feats, _ = reference.embed(floor)
@@ -124,11 +107,11 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
     return result
 
 
-def evaluate_folder(cfg, generate, params, buffers, train, test) -> dict:
+def evaluate_folder(cfg, sampler, train, test) -> dict:
     """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
     those held-out images, beside the floor (as many training images against them)."""
     reference = SWDReference(test, train, TEST_SEED)
-    fake = sample_images(generate, params, buffers, len(reference), cfg.latent_dim, TEST_SEED)
+    fake = sample_images(sampler, len(reference), TEST_SEED)
     score = {k: v for k, v in reference.score(fake).items() if k != "swd_floor"}
     rows = {
         f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
@@ -205,11 +188,10 @@ def write_report(run_dir: Path, result: dict) -> None:
 
 
 @dataclass(frozen=True)
-class EvalGANConfig(Config):
+class EvalGANConfig(DeviceFlags):
     run_dir: str = option("", "a finished run of experiments.gan", positional=True)
     vae_run: str = option("", "a finished VAE run to score beside the GAN (empty: none)")
     samples: int = option(10000, "images per row (compare_gan: 10,000)")
-    device: str = option("auto", "where tensors live", DEVICES)
     baseline_run: str = option("", "another GAN run whose probes.jsonl curve is drawn beside this one's")
     export: str = option(
         "", "also copy the generator (fp16) and config.json here, a folder eval-gan can score"

@@ -7,19 +7,18 @@ import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run
+from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run, nll_line
 from evaluation.report import write_run_report
-from harness import Config, main_guard, option, parse_config
-from harness.config import DEVICES
+from harness import main_guard, option, parse_config
+from harness.config import DeviceFlags
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(Config):
+class EvaluateConfig(DeviceFlags):
     run_dir: str = option("", "a finished run of experiments.ae or experiments.vae", positional=True)
     iwae_k: int = option(QUICK_K, "importance samples per image for the NLL")
     iwae_images: int = option(QUICK_IMAGES, "NLL on a seeded subset of N test images (0: all)")
     full: bool = option(False, f"the papers' protocol: k={FULL_K} over every test image (hours on a CPU)")
-    device: str = option("auto", "where tensors live", DEVICES)
 
     def __post_init__(self):
         super().__post_init__()
@@ -38,13 +37,6 @@ def main(argv=None):
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
     return result
-
-
-def nll_line(result: dict) -> str:
-    """NLL, its standard error over the test images scored, k and the wall time, in one line."""
-    se = f" +- {result['nll_se']:.2f} (standard error over the images)" if result.get("nll_se") else ""
-    how = f"IWAE k={result['iwae_k']}, {result['iwae_images']:,} test images, {result['nll_wall_s']:,.1f} s"
-    return f"NLL {result['nll']:.2f}{se} nats ({how})"
 
 
 if __name__ == "__main__":

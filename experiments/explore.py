@@ -9,19 +9,17 @@ from pathlib import Path
 
 import torch
 
-from evaluation.autoencoders import load_trained
 from evaluation.explore import headline, write_explorer, write_gan_explorer
-from harness import Config, DataError, load_dataset, main_guard, option, parse_config, to_unit
-from harness.config import DEVICES
-from harness.run import resolve_device
+from evaluation.trained import load_generator, load_trained
+from harness import DataError, load_dataset, main_guard, option, parse_config, resolve_device, to_unit
+from harness.config import DeviceFlags
 
 
 @dataclass(frozen=True)
-class ExploreConfig(Config):
+class ExploreConfig(DeviceFlags):
     run_dir: str = option(
         "", "a finished run of experiments.ae, experiments.vae or experiments.gan", positional=True
     )
-    device: str = option("auto", "where tensors live", DEVICES)
 
 
 def _final(run_dir: Path) -> dict:
@@ -36,16 +34,10 @@ def main(argv=None):
     path = run_dir / "config.json"
     experiment = json.loads(path.read_text()).get("experiment") if path.exists() else None
     if experiment == "gan":
-        from experiments.eval_gan import load_generator
-
-        cfg, generate, params, buffers = load_generator(run_dir, device)
-        info = {
-            "title": f"GAN {cfg.arch} ({cfg.loss}) on {cfg.dataset}",
-            "numbers": headline(_final(run_dir), vars(cfg)),
-        }
-        out = write_gan_explorer(
-            run_dir, generate, params, buffers, cfg.latent_dim, cfg.seed, cfg.classes, info
-        )
+        cfg, sampler = load_generator(run_dir, device)
+        title = f"GAN {cfg['arch']} ({cfg['loss']}) on {cfg['dataset']}"
+        info = {"title": title, "numbers": headline(_final(run_dir), cfg)}
+        out = write_gan_explorer(run_dir, sampler, cfg["seed"], info)
     elif experiment in ("ae", "vae"):
         cfg, model = load_trained(run_dir, device)
         test = load_dataset(cfg["dataset"], "test", device=device)

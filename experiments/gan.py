@@ -10,7 +10,7 @@ from torchvision.utils import save_image
 
 import engine
 from evaluation.explore import headline, write_gan_explorer
-from evaluation.fidelity import RealReference, sample_images
+from evaluation.fidelity import RealReference
 from evaluation.plots import (
     plot_curves,
     plot_quality_vs_time,
@@ -18,10 +18,23 @@ from evaluation.plots import (
     save_gif,
     save_grids_side_by_side,
 )
+from evaluation.sampling import Sampler, sample_images
 from evaluation.swd import SWDReference
-from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
+from harness import (
+    TEST_SEED,
+    Evaluator,
+    RunConfig,
+    RunContext,
+    UsageError,
+    finish,
+    main_guard,
+    open_run,
+    option,
+    read_metrics,
+    to_unit,
+    train,
+)
 from harness.config import DATASET_NAMES
-from harness.run import TEST_SEED
 from harness.rundir import PROBES, STEPS
 from losses.gan import GAN_LOSSES, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
@@ -89,7 +102,12 @@ class GANConfig(RunConfig):
         return f"{self.arch}-{self.loss}" + ("-cond" if self.conditional else "")
 
 
-def save_plots(run: Run, gan, state, reference) -> None:
+def ema_sampler(gan, state, cfg) -> Sampler:
+    """The EMA generator of a GAN state: what every sample, score and page of a run draws from."""
+    return Sampler(gan.generate, state.ema, state.gen.buffers, cfg.latent_dim, cfg.classes)
+
+
+def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     """Loss and D-output curves, FID/IS per epoch, the fixed-noise grid of this epoch and its GIF."""
     cfg, d = run.config, run.run_dir
     r1 = f" + R1 {cfg.r1_gamma:g}" if cfg.r1_gamma else ""
@@ -115,8 +133,7 @@ def save_plots(run: Run, gan, state, reference) -> None:
         swd = [("swd", "SWD x 1e3 (lower is better)")]
         plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, reference.floor["swd"], swd)
     # the fixed grid: 64 draws; conditional: 80, one row of 8 per class
-    fixed = sample_images(gan.generate, state.ema, state.gen.buffers, 80 if cfg.conditional else 64,
-                          cfg.latent_dim, cfg.seed, classes=cfg.classes)  # fmt: skip
+    fixed = sample_images(sampler, 80 if cfg.conditional else 64, cfg.seed)
     if cfg.conditional:  # sample_labels cycles 0..9: column-major into rows of one class each
         fixed = fixed.view(8, 10, *fixed.shape[1:]).transpose(0, 1).reshape(80, *fixed.shape[1:])
     if records:  # one grid per finished epoch (a --max-steps run may stop before the first)
@@ -133,7 +150,7 @@ def save_plots(run: Run, gan, state, reference) -> None:
 
 @main_guard
 def main(argv=None):
-    run = Run.start(GANConfig, argv, "gan")
+    run = open_run(GANConfig, argv, "gan")  # flags, run directory, device, data
     cfg = run.config
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
@@ -144,42 +161,29 @@ def main(argv=None):
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking)
     g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
     d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
-    step = engine.make_gan_step(
-        *gan, g_opt, d_opt, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
-        precision=cfg.precision, compile=cfg.compile, donate=cfg.donate, all_reduce=run.all_reduce,
-        cache=run.step_cache(),
-    )  # fmt: skip
+    step = engine.make_gan_step(*gan, g_opt, d_opt, run.options, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay)
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
-    classified = cfg.dataset in CLASSIFIED
-    if classified:  # the project's classifier: FID, IS, precision, recall against the test split
+    if cfg.dataset in CLASSIFIED:  # the project's classifier: FID, IS, precision, recall against test
         reference = RealReference(cfg.dataset, run.test, run.device)
     else:  # an image folder: the multi-scale SWD against its held-out images, with its floor
         reference = SWDReference(run.test, run.train, TEST_SEED)
 
     def score(state, n: int, recall: bool) -> dict[str, float]:
-        """Scores of n EMA-generator images (fixed z; an image folder: as many as it holds out)."""
-        z, world = cfg.latent_dim, run.world  # classifier scores: sharded over torchrun's ranks
-        if not classified:
-            return reference.score(
-                sample_images(gan.generate, state.ema, state.gen.buffers, len(reference), z, TEST_SEED)
-            )
-        return reference.score_generator(
-            gan.generate, state.ema, state.gen.buffers, n, z, TEST_SEED, recall, world, cfg.classes
-        )
-
-    def evaluate(state) -> dict[str, float]:
-        """After each epoch: a quick score on --probe-samples images (the full one is the final's)."""
-        return score(state, cfg.probe_samples, False) if cfg.eval_samples else {}
+        """Scores of n EMA-generator images (fixed z), sharded over torchrun's ranks."""
+        return reference.score_generator(ema_sampler(gan, state, cfg), n, TEST_SEED, recall, run.world)
 
     def probe(state) -> dict[str, float]:
         return {k: v for k, v in score(state, cfg.probe_samples, True).items() if k != "is_std"}
 
-    state = run.fit(
+    # after each epoch: a quick score on --probe-samples images (the full one is the final's)
+    evaluate = Evaluator(lambda s: score(s, cfg.probe_samples, False) if cfg.eval_samples else {})
+    state = train(
+        run,
         step,
         engine.init_gan_state(gen, disc, g_opt, d_opt, cfg.precision),
         run.loader(noise, batches=cfg.n_disc),
         evaluate,
-        on_epoch_end=lambda s, _: save_plots(run, gan, s, reference),
+        on_epoch_end=lambda s, _: save_plots(run, ema_sampler(gan, s, cfg), reference),
         log_every=10 if run.device.type == "cpu" else 100,  # a sync point: rarer on a GPU
         summary=("train_d_loss", "train_g_loss", "test_fid", "test_is", "test_swd"),
         probe=probe,
@@ -188,16 +192,14 @@ def main(argv=None):
         "generator": (state.ema, state.gen.buffers),
         "discriminator": (state.disc.params, state.disc.buffers),
     }
-    final = run.finish(
-        state, lambda s: score(s, cfg.eval_samples, True) if cfg.eval_samples else {}, weights, "fid"
-    )
+    final = finish(run, state, lambda s: score(s, cfg.eval_samples, True) if cfg.eval_samples else {},
+                   weights, "fid")  # fmt: skip
     if run.world.main:  # the probes written since the last epoch's plots (rank 0 writes, as on_epoch_end)
-        save_plots(run, gan, state, reference)
-        title = f"GAN {cfg.arch} ({cfg.loss}) on {cfg.dataset}"
-        info = {"title": title, "numbers": headline(final, dataclasses.asdict(cfg))}
-        path = write_gan_explorer(run.run_dir, gan.generate, state.ema, state.gen.buffers, cfg.latent_dim,
-                                  cfg.seed, cfg.classes, info)  # fmt: skip
-        print(f"wrote {path} (open it in a browser)")
+        sampler = ema_sampler(gan, state, cfg)
+        save_plots(run, sampler, reference)
+        info = {"title": f"GAN {cfg.arch} ({cfg.loss}) on {cfg.dataset}",
+                "numbers": headline(final, dataclasses.asdict(cfg))}  # fmt: skip
+        print(f"wrote {write_gan_explorer(run.run_dir, sampler, cfg.seed, info)} (open it in a browser)")
     return final
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import gan
-from harness import Config, main_guard, option, parse_config
-from harness.config import DATASET_NAMES
+from harness import main_guard, option, parse_config
+from harness.config import DATASET_NAMES, TrainingFlags, forwarded
 
 ROWS = {  # row -> flags of experiments.gan; everything else is make train-gan's default
     "non-saturating": ["--loss", "nonsaturating", "--r1-gamma", "0"],
@@ -33,7 +33,8 @@ def _short(row: str) -> str:
 
 
 @dataclass(frozen=True)
-class GANLossesConfig(Config):
+class GANLossesConfig(TrainingFlags):
+    batch_size: int = option(64, "images per discriminator update (make train-gan's)")
     dataset: str = option("mnist", "data set", DATASET_NAMES)
     seeds: tuple[int, ...] = option((0, 1, 2), "comma-separated seeds, one run per loss and seed")
     steps: int = option(600, "generator steps per run (the one budget)")
@@ -42,7 +43,7 @@ class GANLossesConfig(Config):
     table: str = option("docs/gan-losses.md", "markdown file the table is written to")
     args: str = option("", "more experiments.gan flags for every run, e.g. '--arch mlp --width 16'")
     losses: tuple[str, ...] = option(tuple(map(_short, ROWS)), "comma-separated rows to run (all by default)")
-    progress: bool = option(False, "show each run's progress bar")
+    progress: bool = option(False, "show each run's progress bar")  # many runs: quiet by default
 
     def __post_init__(self):
         super().__post_init__()
@@ -60,7 +61,8 @@ def run_one(cfg: GANLossesConfig, flags: list[str], seed: int, run_dir: Path) ->
     if not done.exists():
         t0 = time.perf_counter()
         argv = [
-            *shlex.split(cfg.args),
+            *forwarded(cfg, TrainingFlags),  # --device, --batch-size, --compile, --progress
+            *shlex.split(cfg.args),  # after them: --args may override any
             *flags,
             "--dataset",
             cfg.dataset,
@@ -70,7 +72,6 @@ def run_one(cfg: GANLossesConfig, flags: list[str], seed: int, run_dir: Path) ->
             str(cfg.steps),
         ]
         argv += ["--eval-samples", str(cfg.eval_samples), "--probe-every", "0", "--run-dir", str(run_dir)]
-        argv += ["--progress" if cfg.progress else "--no-progress"]
         if (run_dir / "config.json").exists():  # an earlier comparison stopped inside this run
             argv += ["--resume"]
         final = gan.main(argv)

@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 import engine
-from engine import make_vmapped_train_step, tree_map, with_hyperparams
-from engine.state import flatten_state, unflatten_state
+from engine import StepOptions, make_vmapped_train_step, stack_states, unstack_state, with_hyperparams
 from evaluation.likelihood import iwae_nll, nll_subset
 from harness import (
-    Config,
+    TEST_SEED,
     Loader,
     UsageError,
     evaluate_mean,
@@ -28,34 +27,30 @@ from harness import (
     option,
     parse_config,
     resolve_device,
+    steps,
 )
-from harness.config import BINARIZE, DATASET_NAMES
+from harness.config import BINARIZE, DATASET_NAMES, RunFlags
 from harness.data import load_dataset
 from harness.loader import eval_batches, fixed_images
 from harness.progress import bar as progress_bar
-from harness.run import TEST_SEED
 from losses import make_elbo_loss
 from models import ARCHS, build_vae
 
 
 @dataclass(frozen=True)
-class SweepConfig(Config):
+class SweepConfig(RunFlags):
     dataset: str = option("mnist", "data set", DATASET_NAMES)
     arch: tuple[str, ...] = option(("mlp",), "comma-separated encoder/decoders", tuple(ARCHS))
     latent_dim: tuple[int, ...] = option((20,), "comma-separated code sizes")
     beta: tuple[float, ...] = option((1.0,), "comma-separated KL weights")
     lr: tuple[float, ...] = option((1e-3,), "comma-separated Adam learning rates")
     epochs: int = option(5, "passes over the training set")
-    batch_size: int = option(128, "training batch size")
     binarize: str = option("none", "dynamic: fresh Bernoulli pixels each time an image is used", BINARIZE)
-    seed: int = option(0, "seed of the weights, the data order and the noise")
     max_steps: int = option(0, "stop each group after N steps (0: all epochs)")
     vmap: bool = option(True, "train configs of one architecture together (default) or one after another")
-    compile: bool = option(True, "wrap the step in torch.compile")
     iwae_k: int = option(100, "importance samples for each config's NLL")
     iwae_images: int = option(1000, "test images for the NLL (0: all)")
     out: str = option("runs/sweep-vae", "output folder")
-    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,28 +62,12 @@ def parse(argv) -> SweepConfig:
     return parse_config(SweepConfig, argv, "python -m experiments.sweep", __doc__)[0]
 
 
-def stack_states(states):
-    """S states with equal structure -> one state whose tensors have a leading axis S."""
-    flat = [flatten_state(s) for s in states]
-    stacked = {k: torch.stack([f[k] for f in flat]) for k in flat[0]}
-    return unflatten_state(stacked, states[0])
-
-
-def unstack_state(state, i: int):
-    return tree_map(lambda t: t[i], state)
-
-
 def _train(step, state, loader, total: int, extra: dict, desc: str, progress: bool):
-    """`total` steps of `step` over the loader's epochs; `extra` entries join every batch."""
-    done = 0
+    """`total` steps of `step` (harness.steps, epoch after epoch); `extra` entries join every batch."""
     with progress_bar(total=total, desc=desc, enabled=progress, leave=False) as bar:
-        while done < total:
-            for batch in loader:
-                state, _ = step(state, {**batch, **extra})
-                done += 1
+        while loader.steps_taken < total:
+            for state, _ in steps(lambda s, b: step(s, {**b, **extra}), state, loader, total):  # noqa: B007, B020
                 bar.update(1)
-                if done >= total:
-                    break
     return state
 
 
@@ -108,7 +87,7 @@ def train_group(arch, z_dim, configs, args, data, device):
         for beta, lr in configs:
             opt = engine.adam(lr)
             state = engine.init_state(model, opt)
-            step = engine.make_train_step(make_elbo_loss(model, beta), opt, compile=args.compile)
+            step = engine.make_train_step(make_elbo_loss(model, beta), opt, StepOptions(compile=args.compile))
             finals.append(
                 _train(step, state, loader(), total, {}, f"{arch} z={z_dim} b={beta} lr={lr}", args.progress)
             )
@@ -120,7 +99,7 @@ def train_group(arch, z_dim, configs, args, data, device):
         for _, lr in configs
     ]
     step = make_vmapped_train_step(
-        make_elbo_loss(model), optimizer, config_keys=("beta",), compile=args.compile
+        make_elbo_loss(model), optimizer, StepOptions(compile=args.compile), config_keys=("beta",)
     )
     beta = torch.tensor([b for b, _ in configs], device=device)
     stacked = _train(
@@ -186,7 +165,7 @@ def main(argv=None):
     args = parse(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its configs already share one vmapped step
         raise UsageError("a sweep runs in one process; launch it without torchrun")
-    device = resolve_device("auto")
+    device = resolve_device(args.device)
     train = load_dataset(args.dataset, "train", device=device)
     test = load_dataset(args.dataset, "test", device=device)
     out = Path(args.out)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 import engine
-from engine.checkpoint import atomic_write
-from evaluation.explore import board_images, finish_exploring
+from evaluation.explore import EpochFigures, finish_exploring
 from evaluation.plots import plot_curves, save_image_grid, save_image_rows
-from harness import Run, RunConfig, UsageError, main_guard, option, read_metrics, to_unit
-from harness.run import split_off
-from harness.timing import Throttled
+from harness import RunConfig, RunContext, main_guard, open_run, option, read_metrics, to_unit, train
+from harness.selection import keep_if_best, selected
 from harness.world import barrier
 from losses import make_elbo_loss, make_iwae_loss
 from models import ARCHS, PRIORS, build_vae
@@ -67,9 +62,13 @@ class VAEConfig(RunConfig):
         return f"{self.arch}-z{self.latent_dim}{objective}{prior}{free_bits}"
 
 
-def save_plots(run: Run, model, state, records) -> None:
+SELECT_ON = {"elbo": "val_neg_elbo", "iwae": "val_neg_iwae"}  # the bounds, not a weighted loss
+
+
+def save_plots(run: RunContext, model, state) -> None:
     """loss.png, kl.png, reconstructions.png and samples.png in the run directory."""
-    cfg, tag = run.config, f"VAE {run.config.arch} z={run.config.latent_dim} on {run.config.dataset}"
+    cfg, records = run.config, read_metrics(run.run_dir)
+    tag = f"VAE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}"
     plot_curves(records, [("negative ELBO (nats/image)", "neg_elbo")], run.run_dir / "loss.png", tag)
     panels = [("reconstruction -log p(x|z) (nats)", "recon"), ("KL(q(z|x) || p(z)) (nats)", "kl")]
     plot_curves(records, panels, run.run_dir / "kl.png", tag)
@@ -90,8 +89,8 @@ def save_plots(run: Run, model, state, records) -> None:
 
 @main_guard
 def main(argv=None):
-    run = Run.start(VAEConfig, argv, "vae")
-    cfg = run.config
+    run = open_run(VAEConfig, argv, "vae")  # flags, run directory, device, data (and --val-split)
+    cfg, val = run.config, run.data.val is not None
     model = build_vae(cfg.arch, cfg.latent_dim, cfg.prior, cfg.pseudo_inputs).to(run.device)
     if cfg.objective == "iwae":
         loss_fn = make_iwae_loss(model, dreg=cfg.dreg)
@@ -99,73 +98,27 @@ def main(argv=None):
         loss_fn = make_elbo_loss(model, cfg.beta, cfg.kl_warmup, cfg.free_bits)
     # reparameterisation noise, drawn by the loader on device: (B, Z), or (B, K, Z) for the IWAE bound
     noise = {"eps": (cfg.k, cfg.latent_dim) if cfg.objective == "iwae" else (cfg.latent_dim,)}
-    evaluate = run.evaluator(loss_fn, noise)
-    val = None
-    if cfg.val_split:
-        if cfg.val_split >= len(run.train.images):
-            raise UsageError(f"--val-split {cfg.val_split} leaves no training images")
-        run.train, val = split_off(run.train, cfg.val_split, seed=VAL_SEED)
-    scored = evaluate if val is None else run.evaluator(loss_fn, noise, data=val, split="val")
     loader = run.loader(noise)
     lr = cfg.lr if cfg.lr_decay == "constant" else engine.cosine(cfg.lr, cfg.epochs * loader.steps_per_epoch)
     optimizer = engine.adam(lr)
-    run.lr_schedule = None if cfg.lr_decay == "constant" else lr
-    step = engine.make_train_step(
-        loss_fn, optimizer, precision=cfg.precision, compile=cfg.compile, donate=cfg.donate,
-        all_reduce=run.all_reduce, cache=run.step_cache(),  # all_reduce: None unless under torchrun
-    )  # fmt: skip
-
-    plots = Throttled(lambda s: save_plots(run, model, s, read_metrics(run.run_dir)))  # <= 5% of the time
-    test_x = to_unit(run.test.images)
+    step = engine.make_train_step(loss_fn, optimizer, run.options)
+    test = run.evaluator(loss_fn, noise)
+    scored = run.evaluator(loss_fn, noise, split="val") if val else test  # each epoch's scores
+    figures = EpochFigures(run, model, lambda s: save_plots(run, model, s), cfg.latent_dim)
 
     def on_epoch_end(s, record):
-        engine.load_into(model, s.params, s.buffers)
-        board_images(run.board, model, test_x, record["step"], cfg.latent_dim, cfg.seed)
-        plots(s)
-        if val is not None:
+        figures(s, record)
+        if val:
             keep_if_best(run.run_dir, s, record, SELECT_ON[cfg.objective])
 
-    split = scored.split
-    state = run.fit(
-        step,
-        run.init_state(model, optimizer),
-        loader,
-        scored,
-        on_epoch_end=on_epoch_end,
-        summary=("train_loss", f"{split}_loss", f"{split}_kl"),
-    )
-    plots.flush()  # the last epoch's figures, if the throttle skipped them
-    if val is not None:  # the test split scores the epoch chosen on validation, and only that one
+    summary = ("train_loss", f"{scored.split}_loss", f"{scored.split}_kl")
+    state = run.init_state(model, optimizer)
+    state = train(run, step, state, loader, scored, lr=lr, on_epoch_end=on_epoch_end, summary=summary)
+    figures.flush()  # the last epoch's figures, if the throttle skipped them
+    if val:  # the test split scores the epoch chosen on validation, and only that one
         barrier()
         state = selected(run.run_dir, state)
-    return finish_exploring(
-        run, model, state, evaluate, f"VAE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}"
-    )
-
-
-SELECT_ON = {"elbo": "val_neg_elbo", "iwae": "val_neg_iwae"}  # the bounds, not a weighted loss
-VAL_SEED = 2024  # which training images --val-split holds out (fixed: the same for every run)
-
-
-def keep_if_best(run_dir: Path, state, record: dict, key: str = "val_loss") -> None:
-    """best.safetensors and best.json: the weights of the epoch with the lowest record[key] so far.
-    key: the true bound on validation, whatever the training loss weighs (beta, warm-up, free bits)."""
-    best = run_dir / "best.json"
-    if best.exists() and json.loads(best.read_text())[key] <= record[key]:
-        return
-    engine.save_weights(run_dir / "best.safetensors", state.params, state.buffers)
-    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss", key)}) + "\n"
-    atomic_write(best, lambda tmp: tmp.write_text(text))
-
-
-def selected(run_dir: Path, state):
-    """state with the params and buffers of best.safetensors (the rest, optimizer included, as is)."""
-    weights = load_file(str(run_dir / "best.safetensors"), device=str(state.step.device))
-    chosen = json.loads((run_dir / "best.json").read_text())
-    print(f"selected epoch {chosen['epoch']} (val loss {chosen['val_loss']:.4f})")
-    params = {k: weights[k].to(v.dtype) for k, v in state.params.items()}
-    buffers = {k: weights[k].to(v.dtype) for k, v in state.buffers.items()}
-    return state._replace(params=params, buffers=buffers)
+    return finish_exploring(run, model, state, test, f"VAE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}")
 
 
 if __name__ == "__main__":

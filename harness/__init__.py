@@ -1,12 +1,20 @@
-"""The training harness around the engine: data sets and loaders, the fit loop, run directories,
-checkpoint rotation and resume, configs and the CLI, data-parallel ranks. Imports engine only."""
+"""The training harness around the engine: data sets and loaders, an opened run, the fit loop and its
+periodic actions, run directories, checkpoint rotation and resume, configs and the CLI, data-parallel
+ranks. Imports engine only."""
 
 from harness.config import Config, RunConfig, UsageError, option, parse_config
 from harness.data import DataError, Dataset, load_dataset, load_fashion_mnist, load_mnist, to_unit
-from harness.fit import Interrupted, LoopOptions, NonFiniteError, fit
-from harness.loader import Loader, eval_batches, evaluate_mean, fixed_images
-from harness.run import Run, main_guard, resolve_device
+from harness.device import resolve_device
+from harness.evaluator import Evaluator
+from harness.fit import LoopOptions, fit, steps
+from harness.guard import main_guard
+from harness.loader import TEST_SEED, Loader, eval_batches, evaluate_mean, fixed_images
+from harness.periodic import Interrupted, NonFiniteError
+from harness.run import RunContext, open_run
 from harness.rundir import read_metrics, resume_state, write_checkpoint
+from harness.splits import held_out_split, load_splits, split_off
+from harness.timing import Throttled
+from harness.train import finish, train
 from harness.world import World, init_world
 
 __all__ = [
@@ -21,20 +29,30 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "to_unit",
+    "resolve_device",
+    "Evaluator",
     "Interrupted",
     "LoopOptions",
     "NonFiniteError",
     "fit",
+    "steps",
+    "main_guard",
+    "TEST_SEED",
     "Loader",
     "eval_batches",
     "evaluate_mean",
     "fixed_images",
+    "RunContext",
+    "open_run",
     "read_metrics",
     "resume_state",
     "write_checkpoint",
-    "Run",
-    "main_guard",
-    "resolve_device",
+    "held_out_split",
+    "load_splits",
+    "split_off",
+    "Throttled",
+    "finish",
+    "train",
     "World",
     "init_world",
     "load_image_folder",

@@ -13,15 +13,21 @@ FOLDER = "tensorboard"
 
 
 class Board:
-    """A SummaryWriter, or nothing at all when off (--no-tensorboard, or a rank other than 0)."""
+    """A SummaryWriter once opened, or nothing at all when off (--no-tensorboard, or a rank other than 0)."""
 
-    def __init__(self, run_dir, enabled: bool = True, purge_step: int | None = None):
-        # constants: joined to every step record (the lr): a number, or a schedule of the step count
+    def __init__(self, run_dir, enabled: bool = True):
+        self.folder, self.enabled = Path(run_dir) / FOLDER, enabled
         self.writer, self.constants = None, {}
-        if enabled:
+
+    def open(self, purge_step: int = 0, constants: dict | None = None) -> Board:
+        """Start writing; purge_step: a resume's first step (what a killed process logged from there on
+        is dropped). constants: joined to every step record (the lr): numbers, or schedules of the step."""
+        if self.enabled and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
-            self.writer = SummaryWriter(str(Path(run_dir) / FOLDER), purge_step=purge_step or None)
+            self.writer = SummaryWriter(str(self.folder), purge_step=purge_step or None)
+        self.constants = dict(constants or {})
+        return self
 
     def scalars(self, record: dict, step: int) -> None:
         """Every finite number of a record (a steps.jsonl or metrics.jsonl line) under its own name."""

@@ -9,14 +9,14 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
-from engine.amp import PRECISIONS
+from engine import COMPILE_MODES, PRECISIONS
 from harness.data import DATASETS
 
 # Each choice list is declared once, here (or beside what it names) and used by every entry point.
 DATASET_NAMES = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZE = ("none", "dynamic")
-COMPILE = ("auto", "off", "default", "max-autotune", "cudagraphs")  # engine.step.COMPILE_MODES, and auto
+COMPILE = ("auto", *COMPILE_MODES)  # auto: the per-device default
 
 
 class UsageError(Exception):
@@ -70,7 +70,58 @@ class Config:
 
 
 @dataclass(frozen=True)
-class RunConfig(Config):
+class DeviceFlags(Config):
+    """The flag of every entry point that computes: where."""
+
+    device: str = option("auto", "where tensors live", choices=DEVICES)
+
+
+@dataclass(frozen=True)
+class TrainingFlags(DeviceFlags):
+    """Flags of every entry point that trains (a run, or several: compare, sweep, gan_losses)."""
+
+    batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
+    compile: str = option(
+        "auto",
+        "torch.compile of the whole step: auto (compiled, default mode, on CPU and CUDA), off, default, "
+        "max-autotune, cudagraphs (CUDA graphs; reduce-overhead); --no-compile = off",
+        COMPILE,
+    )
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self):
+        if isinstance(self.compile, bool):  # a config.json written when --compile was a switch
+            object.__setattr__(self, "compile", "auto" if self.compile else "off")
+        super().__post_init__()  # types and choices first: the checks below compare values
+        self.require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class RunFlags(TrainingFlags):
+    """TrainingFlags and the seed: the shared flags of an entry point that trains with one seed."""
+
+    seed: int = option(0, "seed of the weights, the data order and the noise")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.require(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
+
+
+def forwarded(cfg, flags=RunFlags) -> list[str]:
+    """cfg's values of the fields of `flags` (a flag group it inherits) as command-line arguments,
+    for the runs an entry point launches with the flags it was given."""
+    argv = []
+    for f in dataclasses.fields(flags):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool):
+            argv.append(flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [flag(f.name), str(value)]
+    return argv
+
+
+@dataclass(frozen=True)
+class RunConfig(RunFlags):
     """Flags shared by every training run; experiments subclass it with their model's flags."""
 
     # Flags a resumed run may change; every other flag must match the saved config.
@@ -82,7 +133,6 @@ class RunConfig(Config):
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
     epochs: int = option(10, "passes over the training set")
-    batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
     lr: float = option(1e-3, "Adam learning rate")
     binarize: str = option(
         "none",
@@ -91,19 +141,11 @@ class RunConfig(Config):
         BINARIZE,
     )
     precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
-    compile: str = option(
-        "auto",
-        "torch.compile of the whole step: auto (compiled, default mode, on CPU and CUDA), off, default, "
-        "max-autotune, cudagraphs (CUDA graphs; reduce-overhead); --no-compile = off",
-        COMPILE,
-    )
     tf32: bool = option(False, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster, inexact)")
     deterministic: bool = option(
         True, "CUDA: cuDNN's deterministic convolutions, so a resumed run equals an uninterrupted one bitwise"
     )
     donate: bool = option(True, "let the step overwrite the previous state's storage")
-    device: str = option("auto", "where tensors live", choices=DEVICES)
-    seed: int = option(0, "seed of the weights, the data order and the noise")
     run_dir: str = option("", "output folder; empty: runs/<experiment>-<dataset>-<model tag>")
     resume: bool = option(False, "continue the run in --run-dir (or --resume DIR) from its checkpoint")
     max_steps: int = option(0, "stop after this many steps in total (0: run every epoch)")
@@ -112,26 +154,20 @@ class RunConfig(Config):
     skip_nonfinite: bool = option(False, "skip and count updates with an inf/nan loss or gradient; off: stop")
     download: bool = option(False, "try torchvision's downloader when data files are missing")
     target_loss: float = option(0.0, "exit 1 if the final test loss is above this (0: no target)")
-    progress: bool = option(True, "show a progress bar")
     tensorboard: bool = option(True, "TensorBoard event files in run_dir/tensorboard (make tensorboard)")
     compile_cache: bool = option(
         True, "keep the compiled step on disk ($PURESTEP_CACHE, default ~/.cache/purestep): the next run "
-        "of the same model and flags starts in about a second instead of compiling again"
+        "of the same model and flags loads it instead of compiling again"
     )  # fmt: skip
 
     def __post_init__(self):
-        if isinstance(self.compile, bool):  # a config.json written when --compile was a switch
-            object.__setattr__(self, "compile", "auto" if self.compile else "off")
-        super().__post_init__()  # types and choices first: the checks below compare values
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            self.require(value >= 1, f"{flag(name)} must be at least 1, got {value}")
+        super().__post_init__()
+        self.require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         self.require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         for name in ("max_steps", "checkpoint_every"):
             value = getattr(self, name)
             self.require(value >= 0, f"{flag(name)} must be >= 0, got {value}")
         self.require(self.keep >= 1, f"--keep must be at least 1, got {self.keep}")
-        self.require(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
 
     def tag(self) -> str:
         """The model part of the default run directory's name."""

@@ -9,6 +9,8 @@ import torch
 from harness.data import Dataset, binarize, epoch_permutation, to_unit
 from harness.world import sum_over_ranks
 
+TEST_SEED = 12345  # fixes the test set's binarisation and noise draws, the same for every run
+
 
 def _make_batch(images, labels, gen, noise: dict, dynamic_binarize: bool) -> dict:
     """Scale (and binarise) a gathered uint8 batch and draw the step's noise, all on device."""

@@ -94,9 +94,9 @@ PHASES = Phases()  # the one process's phases: the harness and evaluation add to
 
 class Throttled:
     """fn(*args), skipped while the time since its last call is under 1/share of that call's own
-    duration, so it takes at most about `share` of the wall time (per-epoch plots: each drawing
-    costs ~1 s, and a 3 s epoch need not pay it); the first call always runs, and flush() makes the
-    last skipped call, so the final state is always drawn."""
+    duration, so it takes at most about `share` of the wall time (per-epoch plots: a drawing can
+    cost more than a short epoch); the first call always runs, and flush() makes the last skipped
+    call, so the final state is always drawn."""
 
     def __init__(self, fn, share: float = 0.05):
         self.fn, self.share = fn, share

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from engine.functional import call_module
-from engine.state import Aux
+from engine import Aux, call_module
 from losses.reconstruction import bernoulli_nll, squared_error
 
 RECONSTRUCTIONS = ("bce", "mse")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.functional import call_module
-from engine.state import Aux
+from engine import Aux, call_module
 
 SHIFT_NOISE = "shift"  # batch key of the (B, 2) standard-normal draws that pick each image's translation
 

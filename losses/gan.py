@@ -9,8 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from engine.functional import call_module
-from engine.state import Aux
+from engine import Aux, call_module
 
 GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp", "relativistic")
 

@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from engine.functional import call_module
-from engine.state import Aux
+from engine import Aux, call_module
 from losses.reconstruction import bernoulli_nll, squared_error
 
 LOG_2PI = math.log(2 * math.pi)

@@ -50,7 +50,9 @@ def _ours():
         return out.float().square().mean() * batch["factor"], Aux({}, buffers)
 
     opt = engine.adam(1e-2)
-    step = engine.make_train_step(loss_fn, opt, precision="fp16", compile=False, scaler_config=CFG)
+    step = engine.make_train_step(
+        loss_fn, opt, engine.StepOptions(precision="fp16", compile=False, scaler_config=CFG)
+    )
     state = engine.init_state(model, opt, engine.scaler_init("cpu", CFG))
     scales, skipped = [], []
     for i in range(16):

@@ -74,7 +74,7 @@ def test_classifier_step_lowers_the_loss_on_a_real_batch(data_root):
     model = build_classifier()
     loss_fn = make_classifier_loss(model)
     optimizer = engine.adam(1e-3)
-    step = engine.make_train_step(loss_fn, optimizer, compile=False)
+    step = engine.make_train_step(loss_fn, optimizer, engine.StepOptions(compile=False))
     state = engine.init_state(model, optimizer)
     assert state.buffers == {}  # no BatchNorm: nothing for the step to carry besides params
     first = None

@@ -9,7 +9,7 @@ import torch
 
 import engine
 import harness
-import harness.run
+import harness.device
 from harness.config import UsageError
 from harness.world import init_world
 from losses import make_elbo_loss
@@ -46,13 +46,13 @@ def test_cuda_asked_for_without_one_is_a_usage_error_and_auto_names_an_unusable_
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     driver = tmp_path / "version"
     driver.write_text("NVRM version: 999")
-    monkeypatch.setattr(harness.run, "NVIDIA_DRIVER", driver)
+    monkeypatch.setattr(harness.device, "NVIDIA_DRIVER", driver)
     with pytest.raises(UsageError, match="no CUDA device is available: torch .* (cannot use|CPU-only)"):
         harness.resolve_device("cuda")
     with pytest.warns(UserWarning, match="an NVIDIA GPU is present but torch"):
         assert harness.resolve_device("auto").type == "cpu"
     driver.unlink()  # no GPU at all: auto is quietly the CPU
-    assert harness.run.unusable_gpu() is None and harness.resolve_device("auto").type == "cpu"
+    assert harness.device.unusable_gpu() is None and harness.resolve_device("auto").type == "cpu"
 
 
 def test_compile_flag_takes_a_mode_and_keeps_the_switches():
@@ -84,7 +84,7 @@ def _mlp_vae_steps(device, compile, precision="fp32", donate=True, steps=5):
     model = build_vae("mlp", 8).to(device)
     opt = engine.adam(1e-3)
     step = engine.make_train_step(
-        make_elbo_loss(model), opt, precision=precision, compile=compile, donate=donate
+        make_elbo_loss(model), opt, engine.StepOptions(precision=precision, compile=compile, donate=donate)
     )
     state = engine.init_state(model, opt, engine.scaler_init(device) if precision == "fp16" else None)
     g = torch.Generator().manual_seed(1)

@@ -239,7 +239,7 @@ def test_val_split_scores_epochs_on_validation_and_the_test_split_once_for_the_s
 
 def test_keep_if_best_keeps_the_lowest_validation_bound_not_the_weighted_loss(tmp_path):
     from engine import adam, init_state
-    from experiments.vae import keep_if_best, selected
+    from harness.selection import keep_if_best, selected
 
     model = build_vae("mlp", 2)
     state = init_state(model, adam(1e-3))

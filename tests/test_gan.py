@@ -156,7 +156,12 @@ def test_gan_step_contract(kind, n_disc, precision):
     gan, g_opt, d_opt, state = _setup(kind, n_disc, precision)
     before = engine.clone_state(state)
     step = engine.make_gan_step(
-        *gan, g_opt, d_opt, n_disc=n_disc, ema_decay=0.9, precision=precision, compile=False
+        *gan,
+        g_opt,
+        d_opt,
+        engine.StepOptions(precision=precision, compile=False),
+        n_disc=n_disc,
+        ema_decay=0.9,
     )
     new, metrics = step(state, _batch(0, n_disc, u=kind == "wgan-gp"))
     assert _equal(state, before), "the input state was modified"
@@ -174,8 +179,10 @@ def test_gan_step_contract(kind, n_disc, precision):
 
 def test_donation_is_bitwise_the_same_and_compile_never_recompiles():
     gan, g_opt, d_opt, state = _setup("nonsaturating", 2)
-    plain = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False)
-    donated = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=True, donate=True)
+    plain = engine.make_gan_step(*gan, g_opt, d_opt, engine.StepOptions(compile=False), n_disc=2)
+    donated = engine.make_gan_step(
+        *gan, g_opt, d_opt, engine.StepOptions(compile=True, donate=True), n_disc=2
+    )
     a, b = state, engine.clone_state(state)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for i in range(3):
@@ -185,7 +192,9 @@ def test_donation_is_bitwise_the_same_and_compile_never_recompiles():
     for k in fa:  # the compiled kernels may reassociate sums: equal to float rounding, not bitwise
         torch.testing.assert_close(fa[k], fb[k], rtol=1e-4, atol=1e-5)
     c = engine.clone_state(state)
-    donated_eager = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False, donate=True)
+    donated_eager = engine.make_gan_step(
+        *gan, g_opt, d_opt, engine.StepOptions(compile=False, donate=True), n_disc=2
+    )
     for i in range(3):
         c, _ = donated_eager(c, _batch(i, 2))
     assert _equal(a, c), "donation changed the result"
@@ -204,7 +213,7 @@ def test_gan_state_round_trips_through_a_checkpoint(tmp_path):
 
 def test_a_donated_gan_state_keeps_every_address():
     gan, g_opt, d_opt, state = _setup("nonsaturating", 2)
-    step = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False, donate=True)
+    step = engine.make_gan_step(*gan, g_opt, d_opt, engine.StepOptions(compile=False, donate=True), n_disc=2)
     addresses = {k: v.data_ptr() for k, v in flatten_state(state).items()}
     for i in range(2):
         state, _ = step(state, _batch(i, 2))

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 from torchvision.io import write_png
 
-from evaluation.fidelity import RealReference, sample_images
+from evaluation.fidelity import RealReference
+from evaluation.sampling import Sampler, sample_images
 from harness.data import load_dataset
 from losses.gan import make_gan_loss
 from models.gan import build_gan
@@ -58,7 +59,7 @@ def test_gan_learns_on_mnist_and_writes_its_run_directory(data_root, mlp_gan_run
     torch.manual_seed(0)  # the run's --seed: its initial weights
     gen, disc = build_gan("mlp", (1, 28, 28), 100, 64)  # experiments.gan defaults
     untrained = reference.score(
-        sample_images(make_gan_loss(gen, disc).generate, *_tensors(gen), 2000, 100, 0)
+        sample_images(Sampler(make_gan_loss(gen, disc).generate, *_tensors(gen), 100), 2000, 0)
     )
     final = json.loads((run / "final.json").read_text())
     assert final["fid"] < 0.5 * untrained["fid"] and final["is"] > untrained["is"] + 1

@@ -11,11 +11,12 @@ from torch import nn
 import engine
 from engine.state import flatten_state
 from evaluation import swd
-from evaluation.fidelity import class_coverage, label_agreement, sample_labels
+from evaluation.fidelity import class_coverage, label_agreement
+from evaluation.sampling import sample_labels
+from harness import held_out_split
 from harness.data import Dataset
 from harness.fit import LoopOptions, fit
 from harness.loader import Loader
-from harness.run import held_out_split
 from losses import gan as G
 from models import build_gan
 
@@ -135,8 +136,10 @@ def test_conditional_r1_gan_step_donates_bitwise_and_labels_reach_both_players()
          "z": torch.randn(16, 16, generator=g)}
         for _ in range(3)
     ]  # fmt: skip
-    plain = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False)
-    donated = engine.make_gan_step(*gan, g_opt, d_opt, n_disc=2, compile=False, donate=True)
+    plain = engine.make_gan_step(*gan, g_opt, d_opt, engine.StepOptions(compile=False), n_disc=2)
+    donated = engine.make_gan_step(
+        *gan, g_opt, d_opt, engine.StepOptions(compile=False, donate=True), n_disc=2
+    )
     a, b = state, engine.clone_state(state)
     for batch in batches:
         a, metrics = plain(a, batch)
@@ -236,7 +239,9 @@ def test_fit_probes_every_n_steps_and_a_resume_keeps_the_clock(tmp_path):
             state, history = resume_state(tmp_path, state, loader, {}, ())
         opts = LoopOptions(epochs=2, max_steps=max_steps, log_every=1, probe_every=2, progress=False)
         step = engine.make_train_step(
-            lambda p, b, batch: loss_fn(p, b, {"x": batch["x"].flatten(1)}), opt, compile=False
+            lambda p, b, batch: loss_fn(p, b, {"x": batch["x"].flatten(1)}),
+            opt,
+            engine.StepOptions(compile=False),
         )
         return fit(step, state, loader, tmp_path, opts, probe=probe, history=history)
 

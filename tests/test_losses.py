@@ -143,7 +143,7 @@ def test_dreg_keeps_the_decoder_gradient_and_the_encoder_gradient_in_expectation
 
 
 def test_resnet_vae_shapes_blocks_and_a_learning_step_on_real_digits(data_root):
-    from engine import adam, init_state, make_train_step
+    from engine import StepOptions, adam, init_state, make_train_step
     from harness import load_dataset, to_unit
     from losses import make_iwae_loss
     from models import build_vae
@@ -159,7 +159,7 @@ def test_resnet_vae_shapes_blocks_and_a_learning_step_on_real_digits(data_root):
     images = to_unit(load_dataset("mnist", "test", root=data_root).images[:64]).round()
     logits, mu, logvar = model(images, torch.randn(3, 64, 8))  # K=3 draws per image
     assert logits.shape == (3 * 64, 1, 28, 28) and mu.shape == logvar.shape == (64, 8)
-    step = make_train_step(make_iwae_loss(model, dreg=True), adam(1e-3), compile=False)
+    step = make_train_step(make_iwae_loss(model, dreg=True), adam(1e-3), StepOptions(compile=False))
     state, batch = init_state(model, adam(1e-3)), {"x": images, "eps": torch.randn(64, 3, 8)}
     losses = []
     for _ in range(30):

@@ -20,7 +20,7 @@ from torchvision.io import write_png
 import engine
 import harness
 from engine.checkpoint import CorruptCheckpoint
-from harness.fit import LoopOptions, NonFiniteError
+from harness import LoopOptions, NonFiniteError
 from harness.loader import evaluate_mean
 from harness.rundir import LOCK, list_checkpoints, read_metrics, step_path
 from losses import gan as G
@@ -249,7 +249,7 @@ def _tiny(precision="fp32", poison_at=None, grad_nan=False):
             loss = loss + torch.sqrt(0 * params["encoder.fc1.bias"].sum())
         return loss, aux
 
-    step = engine.make_train_step(loss_fn, opt, precision=precision, compile=False)
+    step = engine.make_train_step(loss_fn, opt, engine.StepOptions(precision=precision, compile=False))
     loader = harness.Loader(data, 64, seed=0, noise={"eps": (2,)})
     eval_step = engine.make_eval_step(elbo)
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -328,7 +328,9 @@ def test_gan_step_reports_each_players_skipped_update():
     gen, disc = build_gan("mlp", (1, 28, 28), 16, 8)
     g_opt, d_opt = engine.adam(2e-4), engine.adam(2e-4)
     state = engine.init_gan_state(gen, disc, g_opt, d_opt)
-    step = engine.make_gan_step(*G.make_gan_loss(gen, disc, "nonsaturating"), g_opt, d_opt, compile=False)
+    step = engine.make_gan_step(
+        *G.make_gan_loss(gen, disc, "nonsaturating"), g_opt, d_opt, engine.StepOptions(compile=False)
+    )
     x = torch.rand(8, 1, 28, 28)
     x[0, 0, 0, 0] = float("nan")  # a corrupt real image poisons the discriminator's loss only
     new, metrics = step(state, {"x": x, "z": torch.randn(8, 16)})

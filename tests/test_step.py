@@ -39,7 +39,7 @@ MODELS = [(k, a) for k in ("ae", "vae") for a in ("mlp", "conv")]
 def test_step_contract(kind, arch, precision):
     model, loss_fn, opt, state = _setup(kind, arch, precision)
     before = engine.clone_state(state)
-    step = engine.make_train_step(loss_fn, opt, precision=precision, compile=False)
+    step = engine.make_train_step(loss_fn, opt, engine.StepOptions(precision=precision, compile=False))
     new, metrics = step(state, _batch())
     assert _equal(state, before), "the input state was modified"
     assert int(new.step) == 1
@@ -53,7 +53,7 @@ def test_step_contract(kind, arch, precision):
     expected = {"neg_elbo", "recon", "kl", "mse"} if kind == "vae" else {"bce", "mse"}
     assert expected | {"loss"} <= set(metrics)
     # the step reports the loss of its input params on this batch, as the eval step computes it
-    evaluated = engine.make_eval_step(loss_fn, precision=precision)(state, _batch())
+    evaluated = engine.make_eval_step(loss_fn, engine.StepOptions(precision=precision))(state, _batch())
     assert evaluated.keys() == {k: 0 for k in metrics if k not in ("loss_scale", "skipped")}.keys()
     if precision == "fp32":
         torch.testing.assert_close(metrics["loss"], evaluated["loss"])
@@ -62,8 +62,10 @@ def test_step_contract(kind, arch, precision):
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_donated_step_is_bitwise_equal(precision):
     _, loss_fn, opt, state = _setup("vae", "mlp", precision)
-    plain = engine.make_train_step(loss_fn, opt, precision=precision, compile=False)
-    donated = engine.make_train_step(loss_fn, opt, precision=precision, compile=False, donate=True)
+    plain = engine.make_train_step(loss_fn, opt, engine.StepOptions(precision=precision, compile=False))
+    donated = engine.make_train_step(
+        loss_fn, opt, engine.StepOptions(precision=precision, compile=False, donate=True)
+    )
     a, b = engine.clone_state(state), engine.clone_state(state)
     storage = b.params["encoder.fc1.weight"].data_ptr()
     for i in range(5):
@@ -75,7 +77,7 @@ def test_donated_step_is_bitwise_equal(precision):
 
 def test_loss_falls_over_steps_on_a_fixed_batch():
     _, loss_fn, opt, state = _setup("vae", "conv")
-    step = engine.make_train_step(loss_fn, opt, compile=False)
+    step = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))
     losses = []
     for _ in range(60):
         state, metrics = step(state, _batch())
@@ -103,7 +105,7 @@ def test_buffers_come_back_out_of_the_step():
     opt = engine.sgd(0.1)
     state = engine.init_state(model, opt)
     before = engine.clone_state(state)
-    new, _ = engine.make_train_step(loss_fn, opt, compile=False)(state, {"x": x})
+    new, _ = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))(state, {"x": x})
     assert _equal(state, before)
     model(x)  # the module's own training-mode forward updates its statistics in place
     for k, v in model.named_buffers():
@@ -114,8 +116,10 @@ def test_buffers_come_back_out_of_the_step():
 @pytest.mark.parametrize("precision,donate", [("fp32", False), ("fp32", True), ("fp16", True)])
 def test_compiled_step_has_one_graph_and_never_recompiles(precision, donate):
     _, loss_fn, opt, state = _setup("vae", "mlp", precision)
-    eager = engine.make_train_step(loss_fn, opt, precision=precision, compile=False)
-    compiled = engine.make_train_step(loss_fn, opt, precision=precision, compile=True, donate=donate)
+    eager = engine.make_train_step(loss_fn, opt, engine.StepOptions(precision=precision, compile=False))
+    compiled = engine.make_train_step(
+        loss_fn, opt, engine.StepOptions(precision=precision, compile=True, donate=donate)
+    )
     a, b = engine.clone_state(state), engine.clone_state(state)
     a, _ = eager(a, _batch(0))
     b, _ = compiled(b, _batch(0))  # first call compiles (fullgraph=True: a graph break is an error)
@@ -137,7 +141,9 @@ def test_compiled_step_has_one_graph_and_never_recompiles(precision, donate):
 def test_a_donated_state_keeps_every_address_step_counter_and_loss_scale_included(precision):
     # what CUDA graphs replay against: the same memory for every tensor of the state, step after step
     _, loss_fn, opt, state = _setup("vae", "conv", precision)
-    step = engine.make_train_step(loss_fn, opt, precision=precision, compile=False, donate=True)
+    step = engine.make_train_step(
+        loss_fn, opt, engine.StepOptions(precision=precision, compile=False, donate=True)
+    )
     addresses = {k: v.data_ptr() for k, v in flatten_state(state).items()}
     for i in range(3):
         state, metrics = step(state, _batch(i))
@@ -152,8 +158,8 @@ def test_cudagraphs_mode_keeps_metrics_and_state_out_of_the_replay_memory(donate
     # On the CPU inductor records no graph, but compile_step's CUDA-graph path runs as on a GPU: the
     # state marked static (donated) or copied out, the metrics copied out of every replay.
     _, loss_fn, opt, state = _setup("vae", "mlp")
-    eager = engine.make_train_step(loss_fn, opt, compile=False)
-    graphed = engine.make_train_step(loss_fn, opt, compile="cudagraphs", donate=donate)
+    eager = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))
+    graphed = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile="cudagraphs", donate=donate))
     a, b, kept_a, kept_b = engine.clone_state(state), engine.clone_state(state), [], []
     for i in range(4):
         a, ma = eager(a, _batch(i))
@@ -172,8 +178,8 @@ def test_vamp_prior_and_free_bits_steps_compile_to_one_graph(prior, free_bits):
     model = build_vae("mlp", Z, prior=prior, pseudo_inputs=10)
     loss_fn, opt = make_elbo_loss(model, free_bits=free_bits), engine.adam(1e-3)
     state = engine.init_state(model, opt)
-    eager = engine.make_train_step(loss_fn, opt, compile=False)
-    compiled = engine.make_train_step(loss_fn, opt, compile=True)
+    eager = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))
+    compiled = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=True))
     a, b = engine.clone_state(state), engine.clone_state(state)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for i in range(3):  # fullgraph=True: a graph break is an error; a recompile too

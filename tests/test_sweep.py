@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from experiments.sweep import parse, stack_states, train_group, unstack_state
+from engine import stack_states, unstack_state
+from experiments.sweep import parse, train_group
 
 
 def test_stack_and_unstack_are_inverse():

@@ -81,7 +81,7 @@ def _build(cache, donate=True):
         return loss, Aux({"mse": loss}, buffers)
 
     opt = engine.adam(1e-2)
-    step = engine.make_train_step(loss_fn, opt, compile=True, donate=donate, cache=cache)
+    step = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=True, donate=donate, cache=cache))
     return step, engine.init_state(net, opt)
 
 
@@ -122,15 +122,13 @@ def test_a_damaged_cache_file_falls_back_to_compiling_with_a_note(tmp_path, caps
 
 
 def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that(tmp_path, monkeypatch):
-    from pathlib import Path
-
     from experiments.vae import VAEConfig
-    from harness.run import Run
+    from harness.stepcache import step_cache_path
 
     monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
 
     def path(**flags):
-        return Run(VAEConfig(**flags), Path("r"), torch.device("cpu"), None, None, "vae").step_cache()
+        return step_cache_path(VAEConfig(**flags), "vae", 1, torch.device("cpu"))
 
     base = path(arch="mlp")
     assert base.parent == tmp_path / "steps"

@@ -1,0 +1,34 @@
+"""Model selection on a validation split: the weights of the best epoch kept beside the run, and
+brought back into the final state, so the test split scores the chosen epoch only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from engine import atomic_write, save_weights
+
+BEST = "best.safetensors"  # the weights of the best epoch so far; best.json: which one
+
+
+def keep_if_best(run_dir: Path, state, record: dict, key: str = "val_loss") -> None:
+    """best.safetensors and best.json: the weights of the epoch with the lowest record[key] so far.
+    key: the true bound on validation, whatever the training loss weighs (beta, warm-up, free bits)."""
+    best = run_dir / "best.json"
+    if best.exists() and json.loads(best.read_text())[key] <= record[key]:
+        return
+    save_weights(run_dir / BEST, state.params, state.buffers)
+    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss", key)}) + "\n"
+    atomic_write(best, lambda tmp: tmp.write_text(text))
+
+
+def selected(run_dir: Path, state):
+    """state with the params and buffers of best.safetensors (the rest, optimizer included, as is)."""
+    weights = load_file(str(run_dir / BEST), device=str(state.step.device))
+    chosen = json.loads((run_dir / "best.json").read_text())
+    print(f"selected epoch {chosen['epoch']} (val loss {chosen['val_loss']:.4f})")
+    params = {k: weights[k].to(v.dtype) for k, v in state.params.items()}
+    buffers = {k: weights[k].to(v.dtype) for k, v in state.buffers.items()}
+    return state._replace(params=params, buffers=buffers)
