@@ -85,9 +85,9 @@ def fit(
                 epoch_end(state, epoch, loader.steps_taken, log.history, meter)
                 log.new_epoch()
             save(state, loader.steps_taken, log.history)  # inside an epoch: the cursor and its metrics
-            journal.flush()  # TensorBoard's events on disk with the checkpoint
+            journal.board.flush()  # TensorBoard's events on disk with the checkpoint
             if stopped:
-                journal.close()
+                journal.board.close()
                 stop.exit(loader.steps_taken, save.last, run_dir)
     return state
 

@@ -12,6 +12,7 @@ import torch
 
 from engine import flatten_state
 from harness import progress
+from harness.board import Board
 from harness.evaluator import Evaluator
 from harness.loader import Loader
 from harness.rundir import (
@@ -37,25 +38,18 @@ class NonFiniteError(Exception):
 
 
 class Journal:
-    """Where records go: JSON lines in the run directory (rank 0 only) and TensorBoard scalars."""
+    """Where records go: JSON lines in the run directory (rank 0 only) and TensorBoard scalars (a
+    board that is off, the default, writes nothing)."""
 
-    def __init__(self, run_dir: Path, main: bool, board=None):
-        self.run_dir, self.main, self.board = run_dir, main, board
+    def __init__(self, run_dir: Path, main: bool, board: Board | None = None):
+        self.run_dir, self.main = run_dir, main
+        self.board = Board(run_dir, enabled=False) if board is None else board
 
     def write(self, name: str, record: dict, step: int, scalars: dict | None = None) -> None:
         """One line of run_dir/name; the record (or `scalars`, if given) on the board at `step`."""
         if self.main:
             append_record(self.run_dir / name, record)
-        if self.board is not None:
-            self.board.scalars(record if scalars is None else scalars, step)
-
-    def flush(self) -> None:
-        if self.board is not None:
-            self.board.flush()
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
+        self.board.scalars(record if scalars is None else scalars, step)
 
 
 def mean_metrics(history: list[dict], prefix: str) -> dict[str, float]:
@@ -74,7 +68,7 @@ class EpochMeter:
     """One epoch's progress bar, steps and seconds (this process's share of it, when resumed)."""
 
     def __init__(self, loader: Loader, epochs: int, enabled: bool):
-        self.loader, self.ran, self.t0 = loader, 0, time.perf_counter()
+        self.loader, self.ran, self.t0, self.t1 = loader, 0, time.perf_counter(), None
         desc = f"epoch {loader.epoch + 1}/{epochs}"
         self.bar = progress.bar(total=loader.steps_per_epoch, initial=loader.batch, desc=desc,
                                 enabled=enabled, leave=False)  # fmt: skip
@@ -84,11 +78,13 @@ class EpochMeter:
         self.bar.update(1)
 
     def close(self) -> None:
+        """The pass over the loader is over: the bar closed, the clock stopped (no evaluation in it)."""
         self.bar.close()
+        self.t1 = time.perf_counter()
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        return (self.t1 or time.perf_counter()) - self.t0
 
     @property
     def rate(self) -> float:
@@ -113,8 +109,7 @@ class StepLog:
             self.check(done, last_checkpoint)
             recent = mean_metrics(self.history[-self.every :], "")
             rate = meter.rate
-            board = self.journal.board
-            extra = {"samples_per_s": rate, **(board.at(done) if board is not None else {})}
+            extra = {"samples_per_s": rate, **self.journal.board.at(done)}
             self.journal.write(STEPS, {"step": done, **recent}, done, {**recent, **extra})
             shown = {k: f"{v:.3f}" for k, v in list(recent.items())[:3]}
             meter.bar.set_postfix(**shown, samples_s=f"{rate:,.0f}")
@@ -231,7 +226,7 @@ class EpochEnd:
                 scores = self.evaluate(state)
             record.update({f"{self.evaluate.split}_{k}": v for k, v in scores.items()})
         record["epoch_time_s"] = round(meter.elapsed, 3)  # this process's share of the epoch, when resumed
-        record["samples_per_s"] = round(meter.ran * meter.loader.batch_size / meter.elapsed, 1)
+        record["samples_per_s"] = round(meter.rate, 1)
         self.journal.write(METRICS, record, done)  # before the checkpoint: a resume past it trims it
         if self.on_epoch_end is not None and self.journal.main:
             with PHASES("epoch-end plots"):
