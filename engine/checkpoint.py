@@ -149,7 +149,11 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
             raise CheckpointError(
                 f"{path} does not fit this model: {key} is {found}, expected {tuple(ref.shape)} {ref.dtype}"
             )
-    state = unflatten_state({k: v.to(device) for k, v in flat.items() if k in expected}, template)
+    # each tensor in its template's layout (a channels-last weight stays so): same strides, same kernels
+    loaded = {
+        k: torch.empty_like(expected[k], device=device).copy_(v) for k, v in flat.items() if k in expected
+    }
+    state = unflatten_state(loaded, template)
     # extras stay on the CPU: a generator's state (Generator.set_state) is a CPU byte tensor on any device
     extra = {k[len("extra/") :]: v for k, v in flat.items() if k.startswith("extra/")}
     if extra_template is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -50,6 +51,7 @@ def make_gan_step(
     *,
     n_disc: int = 1,
     ema_decay: float = 0.999,
+    reg_every: int = 1,
 ) -> Callable[[GANState, dict], tuple[GANState, dict]]:
     """Build `step(state, batch) -> (state, metrics)` for a GAN.
 
@@ -61,14 +63,23 @@ def make_gan_step(
     the single-model pure step of engine.step (gradient, fp16 loss scaling, optimizer), so both
     share the options (precision, donation, all_reduce once per player update); the whole thing is
     one compiled region, compiled and cached as the options say.
+
+    Lazy regularisation (Karras et al. 2020), reg_every > 1: the discriminator's updates see
+    batch["regularize"], a Python int: in the last update of every reg_every-th step (counted from
+    0) the interval in discriminator updates, reg_every * n_disc; 0 everywhere else. disc_loss
+    multiplies its penalty by it (0: not computed); with reg_every=1 the key is absent and the
+    penalty is always on. The two kinds of step are two
+    compiled functions (the key is a constant of each, not an input); which one runs follows
+    state.step, read from the state once and then counted on the host, so a resumed run takes the
+    same steps as an unbroken one.
     """
-    if n_disc < 1:
-        raise ValueError(f"n_disc must be at least 1, got {n_disc}")
+    if n_disc < 1 or reg_every < 1:
+        raise ValueError(f"n_disc and reg_every must be at least 1, got {n_disc} and {reg_every}")
     precision, donate = options.precision, options.donate
     d_update = make_pure_train_step(disc_loss, disc_opt, options)
     g_update = make_pure_train_step(gen_loss, gen_opt, options)
 
-    def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
+    def step(state: GANState, batch: dict, regularize: bool) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc
         device_type = gen.step.device.type
         taken = state.gen.step.clone()  # steps before this one (a donated update overwrites gen.step)
@@ -80,13 +91,37 @@ def make_gan_step(
             # BatchNorm statistics come back out (donated: into the state's own buffers)
             gen = gen._replace(buffers=write_state(gen.buffers, gen_buffers, donate))
             d_batch = {k: v for k, v in part.items() if k != "z"}
+            if reg_every > 1:
+                d_batch["regularize"] = reg_every * n_disc if regularize and i == n_disc - 1 else 0
             disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
         g_batch = {**part, "disc_params": disc.params, "disc_buffers": disc.buffers}
         gen, g_metrics = g_update(gen, g_batch)
         ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
-    return compile_step(step, options)
+    def plain(state: GANState, batch: dict) -> tuple[GANState, dict]:
+        return step(state, batch, False)
+
+    def regularized(state: GANState, batch: dict) -> tuple[GANState, dict]:
+        return step(state, batch, True)
+
+    if reg_every == 1:
+        return compile_step(regularized, options)
+    cache = options.cache
+    penalised = compile_step(
+        regularized, options if cache is None else replace(options, cache=f"{cache}.reg")
+    )
+    unpenalised = compile_step(plain, options)
+    seen = {"state": None, "taken": 0}  # the last state returned, and its step count
+
+    def dispatch(state: GANState, batch: dict) -> tuple[GANState, dict]:
+        if state is not seen["state"]:  # a state from elsewhere (the first, a resumed one): read it
+            seen["taken"] = int(state.step)
+        new, metrics = (penalised if seen["taken"] % reg_every == 0 else unpenalised)(state, batch)
+        seen.update(state=new, taken=seen["taken"] + 1)
+        return new, metrics
+
+    return dispatch
 
 
 def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torchvision.io import read_image
 from torchvision.utils import save_image
 
@@ -47,7 +48,7 @@ class GANConfig(RunConfig):
     RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid", "probe_every", "probe_samples")
 
     dataset: str = option("mnist", "data set (imagefolder: --image-folder)", CLASSIFIED + ("imagefolder",))
-    epochs: int = option(8, "passes over the training set (one generator step per batch)")
+    epochs: int = option(12, "passes over the training set (one generator step per batch)")
     batch_size: int = option(64, "images per discriminator update")
     lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
     d_lr: float = option(0.0, "discriminator learning rate (0: --lr; above it: TTUR, Heusel et al. 2017)")
@@ -55,6 +56,10 @@ class GANConfig(RunConfig):
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
     r1_gamma: float = option(0.1, "weight gamma of the R1 penalty gamma/2 E|grad D(x)|^2 (0: off)")
     r1_batch: int = option(16, "real images per batch the R1 penalty is estimated on (0: all)")
+    r1_every: int = option(
+        16, "lazy R1: the penalty on every Nth step, weighted N times (StyleGAN2; 1: every step)"
+    )
+    channels_last: bool = option(True, "convolution weights (and so activations) in channels-last layout")
     mode_seeking: float = option(0.0, "weight of the mode-seeking term in G's loss (Mao et al. 2019; 0: off)")
     disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
     conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
@@ -80,8 +85,8 @@ class GANConfig(RunConfig):
         super().__post_init__()
         self.require(self.latent_dim >= 1 and self.width >= 1, "--latent-dim and --width must be at least 1")
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
-        ok = self.n_disc >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
-        self.require(ok, "--n-disc must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
+        ok = self.n_disc >= 1 and self.r1_every >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
+        self.require(ok, "--n-disc and --r1-every must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
         ok = min(self.r1_gamma, self.r1_batch, self.mode_seeking, self.d_lr, self.probe_every) >= 0
         self.require(ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr and --probe-every must be >= 0")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
@@ -157,11 +162,14 @@ def main(argv=None):
         gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    gen, disc = gen.to(run.device), disc.to(run.device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights
+    gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking)
     g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
     d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
-    step = engine.make_gan_step(*gan, g_opt, d_opt, run.options, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay)
+    lazy = cfg.r1_every if cfg.r1_gamma > 0 else 1
+    step = engine.make_gan_step(*gan, g_opt, d_opt, run.options, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
+                                reg_every=lazy)  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     if cfg.dataset in CLASSIFIED:  # the project's classifier: FID, IS, precision, recall against test
         reference = RealReference(cfg.dataset, run.test, run.device)

@@ -54,14 +54,16 @@ class Journal:
 
 def mean_metrics(history: list[dict], prefix: str) -> dict[str, float]:
     """Average per-step metric dicts over their finite values (a skipped inf/nan step does not
-    poison the mean); one host sync for the whole list."""
+    poison the mean; a metric with none is left out); one host sync for the whole list."""
     if not history:
         return {}
     keys = list(history[-1])  # the newest step's order (older entries may come from a checkpoint)
     values = torch.stack([torch.stack([m[k].float() for k in keys]) for m in history])  # (steps, keys)
     finite = torch.isfinite(values)
-    means = torch.where(finite, values, 0).sum(0) / finite.sum(0)
-    return {f"{prefix}{k}": v for k, v in zip(keys, means.tolist())}
+    counts = finite.sum(0)
+    means = torch.where(finite, values, 0).sum(0) / counts
+    # a metric with no finite value here is left out (a lazy penalty's nan on the steps without it)
+    return {f"{prefix}{k}": v for k, v, n in zip(keys, means.tolist(), counts.tolist()) if n}
 
 
 class EpochMeter:

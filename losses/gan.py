@@ -157,7 +157,8 @@ def make_gan_loss(
     real images of the batch (0: all of them): an unbiased estimate of the same expectation at a
     fraction of the double backward's cost (the role lazy regularisation plays in StyleGAN2).
     y (labels) reaches both networks; an unconditional network ignores it. mode_seeking_weight > 0
-    adds that multiple of `mode_seeking` to the generator's loss.
+    adds that multiple of `mode_seeking` to the generator's loss. On a step where the engine's lazy
+    regularisation passes batch["regularize"] = k, the penalty counts k times (k = 0: skipped).
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
@@ -177,12 +178,15 @@ def make_gan_loss(
             gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x, y)[0], real, fake, u)
             loss = loss + gp_weight * gp
             metrics.update(d_loss=loss.detach(), gp=gp.detach())
-        if r1_gamma > 0:
+        every = batch.get("regularize", 1)  # lazy R1 (engine.make_gan_step's reg_every): 0 on most steps
+        if r1_gamma > 0 and every:
             n = r1_batch or len(real)
             y_n = None if y is None else y[:n]
             r1 = r1_penalty(lambda x: call_module(disc, params, buffers, x, y_n)[0], real[:n])
-            loss = loss + r1_gamma / 2 * r1
+            loss = loss + every * r1_gamma / 2 * r1
             metrics.update(d_loss=loss.detach(), r1=r1.detach())
+        elif r1_gamma > 0:  # not measured on this step: nan, which the loop's averages leave out
+            metrics["r1"] = torch.full((), math.nan, device=loss.device)
         return loss, Aux(metrics, buffers)
 
     def gen_loss(params, buffers, batch):

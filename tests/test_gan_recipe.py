@@ -268,3 +268,85 @@ def test_photo_crops_come_from_matplotlibs_photographs_deterministically(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == [f"crop-{i:05d}.png" for i in range(5)]
     proc = run_cli("experiments.photo_crops", [out], data_root, expect=2)  # never over an existing folder
     assert "not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _lazy_setup(reg_every):
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)
+    gan = G.make_gan_loss(gen, disc, r1_gamma=2.0, r1_batch=4)
+    g_opt, d_opt = engine.adam(2e-4, b1=0.5), engine.adam(2e-4, b1=0.5)
+    state = engine.init_gan_state(gen, disc, g_opt, d_opt)
+    options = engine.StepOptions(compile=False, donate=True)
+    return gan, g_opt, d_opt, state, options
+
+
+def _lazy_batches(n):
+    g = torch.Generator().manual_seed(3)
+    return [
+        {"x": torch.rand(8, 1, 28, 28, generator=g), "z": torch.randn(8, 16, generator=g)} for _ in range(n)
+    ]
+
+
+def test_the_lazy_r1_loss_weights_the_penalty_by_the_interval_and_skips_it_at_zero():
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)
+    params, buffers = dict(disc.named_parameters()), dict(disc.named_buffers())
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "x": torch.rand(8, 1, 28, 28, generator=g),
+        "fake": torch.rand(8, 1, 28, 28, generator=g) * 2 - 1,
+    }
+    loss = G.make_gan_loss(gen, disc, r1_gamma=4.0, r1_batch=3).disc_loss
+    plain, _ = G.make_gan_loss(gen, disc).disc_loss(params, buffers, batch)
+    r1 = G.r1_penalty(lambda x: disc(x), G.to_signed(batch["x"][:3]))
+    every, aux = loss(params, buffers, {**batch, "regularize": 16})
+    torch.testing.assert_close(every, plain + 16 * 2.0 * r1)
+    torch.testing.assert_close(aux.metrics["r1"], r1.detach())
+    skipped, aux = loss(params, buffers, {**batch, "regularize": 0})
+    assert torch.equal(skipped, plain) and torch.isnan(aux.metrics["r1"])
+
+
+def test_lazy_r1_steps_are_the_penalised_and_plain_steps_in_turn_and_resume_on_the_same_schedule():
+    gan, g_opt, d_opt, state, options = _lazy_setup(4)
+    lazy = engine.make_gan_step(*gan, g_opt, d_opt, options, reg_every=4)
+
+    def fixed(k):  # the reference: a step whose discriminator always sees regularize=k
+        d_loss = lambda p, b, batch: gan.disc_loss(p, b, {**batch, "regularize": k})  # noqa: E731
+        return engine.make_gan_step(gan.generate, d_loss, gan.gen_loss, g_opt, d_opt, options)
+
+    with_r1, without = fixed(4), fixed(0)
+    a, b = state, engine.clone_state(state)
+    for t, batch in enumerate(_lazy_batches(9)):
+        a, metrics = lazy(a, batch)
+        b, _ = (with_r1 if t % 4 == 0 else without)(b, batch)
+        assert torch.isfinite(metrics["d_r1"]) == (t % 4 == 0)
+        assert _equal(a, b), f"step {t}"
+    # a resumed run builds its step anew and picks the schedule up from state.step (here 5: plain)
+    _, _, _, c, _ = _lazy_setup(4)
+    first = engine.make_gan_step(*gan, g_opt, d_opt, options, reg_every=4)
+    batches = _lazy_batches(9)
+    for batch in batches[:5]:
+        c, _ = first(c, batch)
+    again = engine.make_gan_step(*gan, g_opt, d_opt, options, reg_every=4)
+    for batch in batches[5:]:
+        c, _ = again(engine.clone_state(c), batch)  # a state it has not seen: read its step each time
+    assert _equal(a, c)
+
+
+def _equal(a, b):
+    fa, fb = flatten_state(a), flatten_state(b)
+    return fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_a_channels_last_gan_state_loads_back_channels_last(tmp_path):
+    torch.manual_seed(0)
+    gen, disc = (m.to(memory_format=torch.channels_last) for m in build_gan("dcgan", (1, 28, 28), 16, 8))
+    g_opt, d_opt = engine.adam(2e-4), engine.adam(2e-4)
+    state = engine.init_gan_state(gen, disc, g_opt, d_opt)
+    weight = "net.2.weight"  # (2W, W, 4, 4): a conv of the discriminator
+    assert state.disc.params[weight].is_contiguous(memory_format=torch.channels_last)
+    engine.save_checkpoint(tmp_path / "c.safetensors", state)
+    loaded, _, _ = engine.load_checkpoint(tmp_path / "c.safetensors", state)
+    assert _equal(loaded, state)
+    for t in (loaded.disc.params[weight], loaded.disc.opt["mu"][weight], loaded.ema["net.0.weight"]):
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

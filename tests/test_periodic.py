@@ -149,3 +149,13 @@ def test_an_opened_run_is_frozen_and_holds_what_its_flags_say(data_root, tmp_pat
     assert run.evaluator(lambda *a: None, split="val").split == "val"
     with pytest.raises(harness.UsageError, match="already holds a run"):
         harness.open_run(VAEConfig, argv, "vae")
+
+
+def test_running_means_skip_non_finite_values_and_leave_out_a_metric_with_none():
+    from harness.periodic import mean_metrics
+
+    t = torch.tensor
+    history = [{"loss": t(1.0), "r1": t(2.0)}, {"loss": t(float("inf")), "r1": t(float("nan"))},
+               {"loss": t(3.0), "r1": t(float("nan"))}]  # fmt: skip
+    assert mean_metrics(history, "train_") == {"train_loss": 2.0, "train_r1": 2.0}
+    assert mean_metrics(history[1:], "") == {"loss": 3.0}  # no finite r1 in these steps: no r1 at all
