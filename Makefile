@@ -11,7 +11,7 @@ TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
 TB_PORT ?= 6006
 
-.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae sweep-vae test lint bench bench-compare smoke-gpu clean-runs
+.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae compare-generators sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ eval: setup  ## evaluate a finished AE/VAE run and write RUN/report.md (make eva
 
 compare-ae-vae: setup  ## train (or reuse) an AE and a VAE alike, evaluate both, write report.md
 	$(PY) -m experiments.compare $(ARGS)
+
+compare-generators: setup  ## AE+GMM, VAE, VampPrior VAE, GAN, conditional GAN: one table of FID/precision/recall/IS (docs/generators.md)
+	$(PY) -m experiments.compare_generators $(ARGS)
 
 sweep-vae: setup  ## every combination of comma-separated values (make sweep-vae ARGS="--beta 0.5,1,4")
 	$(PY) -m experiments.sweep $(ARGS)

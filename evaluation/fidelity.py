@@ -65,7 +65,8 @@ class RealReference:
         return floors[n, seed]
 
     def score_generator(self, sampler: Sampler, n: int, seed: int, recall=True, world=World()):
-        """score() of n images the sampler draws with `seed`. Data parallel: each rank samples and embeds its
+        """score() of n images the sampler draws with `seed` (a conditional sampler's also with the
+        label agreement, `agreement`). Data parallel: each rank samples and embeds its
         own 1/size of them, and the features and logits are gathered onto every rank."""
         chunks = -(-n // SAMPLE_BATCH)  # whole sampling batches per rank: BatchNorm sees the same ones
         first, last = (chunks * r // world.size * SAMPLE_BATCH for r in (world.rank, world.rank + 1))
@@ -77,7 +78,10 @@ class RealReference:
             feats, logits = self.features[:0], self.logits[:0]
         if world.parallel:
             feats, logits = gather_rows(feats), gather_rows(logits)
-        return compare_features(self.features, feats, logits, recall)
+        scores = compare_features(self.features, feats, logits, recall)
+        if sampler.classes:  # a conditional generator: how often it drew the class it was asked for
+            scores["agreement"] = label_agreement(logits, sampler.labels(n))
+        return scores
 
 
 def class_coverage(logits: torch.Tensor, real_labels: torch.Tensor, classes: int = 10) -> dict:

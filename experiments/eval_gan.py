@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evaluation.autoencoders import decode
+from evaluation.cas import classification_accuracy_score, per_class_agreement, to_dataset
 from evaluation.fidelity import RealReference, class_coverage, label_agreement, random_subset
 from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows
 from evaluation.quality import compare_features, inception_score, nearest_neighbours
@@ -23,6 +24,7 @@ from evaluation.trained import load_generator, load_trained
 from harness import (
     TEST_SEED,
     DataError,
+    Dataset,
     load_splits,
     main_guard,
     option,
@@ -59,7 +61,7 @@ def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple
     )
 
 
-def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
+def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: int = 0) -> dict:
     """The metric table rows and the nearest-neighbour grid."""
     saved, sampler = load_generator(run_dir, device)
     cfg = SimpleNamespace(**saved)  # the GAN run's flags, as load_splits reads them
@@ -89,6 +91,15 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device) -> dict:
     if sampler.classes:
         requested = sampler.labels(n)
         result["label_agreement"] = label_agreement(fake_logits, requested)
+        result["per_class_agreement"] = per_class_agreement(fake_logits, requested, sampler.classes)
+        if cas_samples:  # trained on generated images only, tested on the real test split
+            images = sample_images(sampler, cas_samples, TEST_SEED + 1)  # not the images scored above
+            generated = to_dataset(images, sampler.labels(cas_samples))
+            idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(TEST_SEED))
+            real = Dataset(*(t[idx[:cas_samples].to(t.device)] for t in train))  # as many real images
+            result["cas_samples"] = cas_samples
+            result["cas"] = {"generated": classification_accuracy_score(generated, test),
+                             "real": classification_accuracy_score(real, test)}  # fmt: skip
         per_class = [fake[requested == c][:12] for c in range(sampler.classes)]
         title = f"{cfg.dataset}: 12 samples per requested class (one row each)"
         save_image_rows(
@@ -180,7 +191,20 @@ def write_report(run_dir: Path, result: dict) -> None:
             f"The classifier agrees with the requested label for {result['label_agreement']:.2%} of "
             f"{result['samples']:,} samples (labels 0-9 in turn).",
             "",
+            "| class | " + " | ".join(str(c) for c in range(len(result["per_class_agreement"]))) + " |",
+            "|---|" + "---:|" * len(result["per_class_agreement"]),
+            "| agreement | " + " | ".join(f"{a:.1%}" for a in result["per_class_agreement"]) + " |",
+            "",
             "![one row per class](per_class.png)",
+        ]
+    if "cas" in result:
+        cas = result["cas"]
+        lines += [
+            "",
+            f"Classification accuracy score (Ravuri and Vinyals 2019): the project's classifier network "
+            f"trained only on {result['cas_samples']:,} generated images (as many per class), then tested "
+            f"on the real test split: **{cas['generated']:.2%}**; trained the same way on as many real "
+            f"training images: {cas['real']:.2%}.",
         ]
     lines += ["", "![nearest neighbours](nearest_neighbours.png)", ""]
     lines += [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
@@ -192,6 +216,10 @@ class EvalGANConfig(DeviceFlags):
     run_dir: str = option("", "a finished run of experiments.gan", positional=True)
     vae_run: str = option("", "a finished VAE run to score beside the GAN (empty: none)")
     samples: int = option(10000, "images per row (compare_gan: 10,000)")
+    cas_samples: int = option(
+        60000,
+        "conditional: generated images (balanced over the classes) a classifier learns from (0: no CAS)",
+    )
     baseline_run: str = option("", "another GAN run whose probes.jsonl curve is drawn beside this one's")
     export: str = option(
         "", "also copy the generator (fp16) and config.json here, a folder eval-gan can score"
@@ -200,6 +228,8 @@ class EvalGANConfig(DeviceFlags):
     def __post_init__(self):
         super().__post_init__()
         self.require(self.samples >= 10, "--samples must be at least 10")
+        ok = self.cas_samples == 0 or self.cas_samples >= 1000
+        self.require(ok, f"--cas-samples must be 0 (none) or at least 1000, got {self.cas_samples}")
 
 
 def _label(run_dir: Path) -> str:
@@ -225,7 +255,8 @@ def export_generator(run_dir: Path, out: Path) -> None:
     weights = load_file(str(run_dir / "generator.safetensors"))
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     save_file(half, str(out / "generator.safetensors"), metadata={"format": "weights", "dtype": "float16"})
-    for name in ["config.json", *(f for f, _ in FIGURES)]:  # the training figures the report shows
+    # the training figures the report shows, the probes behind the curve and the run's wall time
+    for name in ["config.json", "timings.json", "probes.jsonl", *(f for f, _ in FIGURES)]:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out / name)
 
@@ -239,7 +270,7 @@ def main(argv=None):
     if args.export:  # before scoring: the exported fp16 copy is what gets scored and reported
         export_generator(run_dir, Path(args.export))
         run_dir = Path(args.export)
-    result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device))
+    result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device), args.cas_samples)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(run_dir, result)
     for name, r in result["rows"].items():
@@ -251,6 +282,10 @@ def main(argv=None):
     print(f"mode coverage: KL {cov['class_kl']:.4f}, {rarest}")
     if "label_agreement" in result:
         print(f"label agreement (conditional): {result['label_agreement']:.2%}")
+        print("per class: " + ", ".join(f"{c} {a:.1%}" for c, a in enumerate(result["per_class_agreement"])))
+    if "cas" in result:
+        cas = result["cas"]
+        print(f"classification accuracy score: {cas['generated']:.2%} (real images: {cas['real']:.2%})")
     print(f"wrote {run_dir / 'report.md'}")
     return result
 

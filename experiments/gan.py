@@ -47,6 +47,12 @@ CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, 
 class GANConfig(RunConfig):
     RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid", "probe_every", "probe_samples")
 
+    precision: str = option(
+        "auto",
+        "autocast policy; auto: bf16 convolutions where the CPU or GPU has bf16 in hardware (fp32 master "
+        "weights and optimizer state), else fp32; fp16 adds dynamic loss scaling",
+        (*engine.PRECISIONS, "auto"),
+    )
     dataset: str = option("mnist", "data set (imagefolder: --image-folder)", CLASSIFIED + ("imagefolder",))
     epochs: int = option(12, "passes over the training set (one generator step per batch)")
     batch_size: int = option(64, "images per discriminator update")
@@ -63,6 +69,7 @@ class GANConfig(RunConfig):
     mode_seeking: float = option(0.0, "weight of the mode-seeking term in G's loss (Mao et al. 2019; 0: off)")
     disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
     conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
+    class_weight: float = option(1.0, "--conditional: weight of ACGAN's auxiliary classifier loss (0: none)")
     latent_dim: int = option(100, "size of the generator's input z")
     width: int = option(64, "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width")
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
@@ -87,8 +94,20 @@ class GANConfig(RunConfig):
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         ok = self.n_disc >= 1 and self.r1_every >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc and --r1-every must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
-        ok = min(self.r1_gamma, self.r1_batch, self.mode_seeking, self.d_lr, self.probe_every) >= 0
-        self.require(ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr and --probe-every must be >= 0")
+        ok = (
+            min(
+                self.r1_gamma,
+                self.r1_batch,
+                self.mode_seeking,
+                self.d_lr,
+                self.probe_every,
+                self.class_weight,
+            )
+            >= 0
+        )
+        self.require(
+            ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr, --probe-every, --class-weight must be >= 0"
+        )
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
         penalised = self.loss == "wgan-gp" or self.r1_gamma > 0
         why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
@@ -102,6 +121,11 @@ class GANConfig(RunConfig):
     def classes(self) -> int:
         """Classes a conditional GAN is asked for (0: unconditional)."""
         return 10 if self.conditional else 0
+
+    @property
+    def classifier_weight(self) -> float:
+        """The auxiliary classifier loss's weight: --class-weight, for a conditional GAN only."""
+        return self.class_weight if self.conditional else 0.0
 
     def tag(self) -> str:
         return f"{self.arch}-{self.loss}" + ("-cond" if self.conditional else "")
@@ -159,12 +183,14 @@ def main(argv=None):
     cfg = run.config
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
-        gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes)
+        gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes,
+                              cfg.classifier_weight > 0)  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from None
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights
     gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
-    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking)
+    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
+                        cfg.classifier_weight)  # fmt: skip
     g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
     d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
     lazy = cfg.r1_every if cfg.r1_gamma > 0 else 1

@@ -140,7 +140,10 @@ class RunConfig(RunFlags):
         "used (the test set binarised once, fixed seed)",
         BINARIZE,
     )
-    precision: str = option("fp32", "autocast policy; fp16 adds dynamic loss scaling", PRECISIONS)
+    precision: str = option(
+        "fp32", "autocast policy; fp16 adds dynamic loss scaling; auto: bf16 where native, else fp32",
+        (*PRECISIONS, "auto"),
+    )  # fmt: skip
     tf32: bool = option(False, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster, inexact)")
     deterministic: bool = option(
         True, "CUDA: cuDNN's deterministic convolutions, so a resumed run equals an uninterrupted one bitwise"

@@ -15,7 +15,7 @@ from engine import StepOptions, atomic_write, init_state, mean_over_ranks, scale
 from harness.board import Board
 from harness.config import RunConfig, UsageError, merge_resumed, parse_config
 from harness.data import Dataset
-from harness.device import setup_device
+from harness.device import resolve_precision, setup_device
 from harness.evaluator import Evaluator, loss_evaluator
 from harness.loader import Loader
 from harness.rundir import has_checkpoint, lock_run_dir
@@ -78,6 +78,7 @@ def open_run(config_cls, argv, experiment: str, description: str | None = None) 
     run_dir = claim_run_dir(cfg)  # locked before anything in it is read or written
     cfg = resumed_config(config_cls, cfg, given, experiment) if cfg.resume else new_config(cfg)
     device, world = setup_device(cfg)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # saved as resolved
     if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
         save_config(run_dir, experiment, cfg)
     torch.manual_seed(cfg.seed)  # weight initialisation

@@ -150,6 +150,7 @@ def make_gan_loss(
     r1_gamma: float = 0.0,
     r1_batch: int = 0,
     mode_seeking_weight: float = 0.0,
+    class_weight: float = 0.0,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -159,6 +160,11 @@ def make_gan_loss(
     y (labels) reaches both networks; an unconditional network ignores it. mode_seeking_weight > 0
     adds that multiple of `mode_seeking` to the generator's loss. On a step where the engine's lazy
     regularisation passes batch["regularize"] = k, the penalty counts k times (k = 0: skipped).
+
+    class_weight > 0 (a conditional discriminator built with classify=True): ACGAN's auxiliary
+    classifier loss. The discriminator learns to classify the real images (cross-entropy with their
+    labels: real ones only, so it never learns the classes of bad fakes), and the generator is
+    pushed to make images that classifier puts in the class they were asked for.
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
@@ -170,9 +176,17 @@ def make_gan_loss(
     def disc_loss(params, buffers, batch):
         real, fake, y = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype), batch.get("y")
         # real and fake in separate passes: a BatchNorm discriminator normalises each batch on its own
-        real_logits, buffers = call_module(disc, params, buffers, real, y)
+        if class_weight > 0:
+            (real_logits, classes), buffers = call_module(disc, params, buffers, real, y, classify=True)
+        else:
+            real_logits, buffers = call_module(disc, params, buffers, real, y)
         fake_logits, buffers = call_module(disc, params, buffers, fake, y)
         loss, metrics = d_fn(real_logits.float(), fake_logits.float())
+        if class_weight > 0:
+            ce = F.cross_entropy(classes.float(), y)
+            loss = loss + class_weight * ce
+            accuracy = (classes.argmax(1) == y).float().mean()
+            metrics.update(d_loss=loss.detach(), class_ce=ce.detach(), class_acc=accuracy.detach())
         if kind == "wgan-gp":
             u = uniform_from_normal(batch["u"]).view(-1, *[1] * (real.dim() - 1))  # (B, 1, 1, 1)
             gp = gradient_penalty(lambda x: call_module(disc, params, buffers, x, y)[0], real, fake, u)
@@ -193,7 +207,10 @@ def make_gan_loss(
         y = batch.get("y")
         fake, buffers = call_module(gen, params, buffers, batch["z"], y)
         d_params, d_buffers = batch["disc_params"], batch["disc_buffers"]
-        logits, _ = call_module(disc, d_params, d_buffers, fake, y)
+        if class_weight > 0:
+            (logits, classes), _ = call_module(disc, d_params, d_buffers, fake, y, classify=True)
+        else:
+            logits, _ = call_module(disc, d_params, d_buffers, fake, y)
         if kind in PAIRED:
             real_logits, _ = call_module(disc, d_params, d_buffers, to_signed(batch["x"]), y)
             loss, metrics = g_fn(logits.float(), real_logits.float().detach())
@@ -203,6 +220,10 @@ def make_gan_loss(
             ms = mode_seeking(fake, batch["z"], y)
             loss = loss + mode_seeking_weight * ms
             metrics.update(g_loss=loss.detach(), g_ms=ms.detach())
+        if class_weight > 0:  # the fakes in the class asked for, as D's classifier of real images sees them
+            ce = F.cross_entropy(classes.float(), y)
+            loss = loss + class_weight * ce
+            metrics.update(g_loss=loss.detach(), class_ce=ce.detach())
         return loss, Aux(metrics, buffers)
 
     return GANLoss(generate, disc_loss, gen_loss)

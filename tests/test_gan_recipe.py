@@ -350,3 +350,52 @@ def test_a_channels_last_gan_state_loads_back_channels_last(tmp_path):
     assert _equal(loaded, state)
     for t in (loaded.disc.params[weight], loaded.disc.opt["mu"][weight], loaded.ema["net.0.weight"]):
         assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_the_auxiliary_classifier_loss_is_the_cross_entropy_of_the_discriminators_class_head():
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False, classes=10, classify=True)
+    d_params, d_buffers = dict(disc.named_parameters()), dict(disc.named_buffers())
+    g_params, g_buffers = dict(gen.named_parameters()), dict(gen.named_buffers())
+    g = torch.Generator().manual_seed(2)
+    x, y, z = torch.rand(6, 1, 28, 28, generator=g), torch.arange(6) % 10, torch.randn(6, 16, generator=g)
+    fake = torch.rand(6, 1, 28, 28, generator=g) * 2 - 1
+    d_batch = {"x": x, "y": y, "fake": fake}
+    plain, ac = G.make_gan_loss(gen, disc), G.make_gan_loss(gen, disc, class_weight=0.5)
+    h = disc.net[:-1](G.to_signed(x))  # the features both heads read
+    real_ce = torch.nn.functional.cross_entropy(disc.classifier(h.flatten(1)), y)
+    ours, aux = ac.disc_loss(d_params, d_buffers, d_batch)
+    torch.testing.assert_close(ours, plain.disc_loss(d_params, d_buffers, d_batch)[0] + 0.5 * real_ce)
+    torch.testing.assert_close(aux.metrics["class_ce"], real_ce.detach())
+    g_batch = {"z": z, "y": y, "x": x, "disc_params": d_params, "disc_buffers": d_buffers}
+    images = gen(z, y)
+    fake_ce = torch.nn.functional.cross_entropy(disc(images, y, classify=True)[1], y)
+    ours, aux = ac.gen_loss(g_params, g_buffers, g_batch)
+    torch.testing.assert_close(ours, plain.gen_loss(g_params, g_buffers, g_batch)[0] + 0.5 * fake_ce)
+    torch.testing.assert_close(aux.metrics["class_ce"], fake_ce.detach())
+    # the head is trained by D's update on real images, and moves G towards the asked-for class
+    grads = torch.func.grad(lambda p: ac.disc_loss(p, d_buffers, d_batch)[0])(d_params)
+    assert grads["classifier.weight"].abs().sum() > 0
+
+
+def test_a_conditional_generators_scores_carry_its_label_agreement(data_root):
+    from evaluation.fidelity import RealReference
+    from evaluation.sampling import Sampler
+    from harness import load_mnist, to_unit
+
+    test = load_mnist(data_root, "test")
+
+    def drawing(shift):  # "draws" the first test image of class y + shift, whatever z
+        return lambda params, buffers, z, y: (digits[(y + shift) % 10], buffers)
+
+    reference = RealReference("mnist", test, torch.device("cpu"))
+    known = reference.logits.argmax(1) == test.labels  # test digits the classifier reads right
+    first = torch.tensor([int((known & (test.labels == c)).nonzero()[0]) for c in range(10)])  # one per class
+    digits = to_unit(test.images[first]) * 2 - 1  # (10, 1, 28, 28) in [-1, 1]
+    params = {"w": torch.zeros(1)}  # a sampler finds its device from its params
+    right = reference.score_generator(Sampler(drawing(0), params, {}, 4, 10), 200, 0, recall=False)
+    wrong = reference.score_generator(Sampler(drawing(1), params, {}, 4, 10), 200, 0, recall=False)
+    assert right["agreement"] == 1.0 and wrong["agreement"] == 0.0
+    plain = reference.score_generator(Sampler(lambda p, b, z, y: (digits[:1].expand(len(z), -1, -1, -1), b),
+                                              params, {}, 4, 0), 200, 0, recall=False)  # fmt: skip
+    assert "agreement" not in plain  # unconditional: nothing was asked for

@@ -159,3 +159,22 @@ def test_running_means_skip_non_finite_values_and_leave_out_a_metric_with_none()
                {"loss": t(3.0), "r1": t(float("nan"))}]  # fmt: skip
     assert mean_metrics(history, "train_") == {"train_loss": 2.0, "train_r1": 2.0}
     assert mean_metrics(history[1:], "") == {"loss": 3.0}  # no finite r1 in these steps: no r1 at all
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"),
+                                            ({"amx_bf16", "amx_tile"}, "bf16")])  # fmt: skip
+def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_in_hardware_and_is_saved_resolved(
+    data_root, tmp_path, monkeypatch, flags, expected
+):
+    from experiments.gan import GANConfig
+    from harness import device
+
+    monkeypatch.setenv("DATA_DIR", str(data_root))
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {' '.join(sorted(flags))}\n")
+    monkeypatch.setattr(device, "CPUINFO", cpuinfo)
+    assert device.resolve_precision("auto", torch.device("cpu")) == expected
+    assert device.resolve_precision("fp16", torch.device("cpu")) == "fp16"  # as given
+    run = harness.open_run(GANConfig, ["--device", "cpu", "--run-dir", str(tmp_path / "r")], "gan")
+    assert run.config.precision == run.options.precision == expected
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == expected
