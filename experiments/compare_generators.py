@@ -32,7 +32,7 @@ from harness import (
     to_unit,
 )
 from harness.config import DATASET_NAMES, DeviceFlags
-from harness.rundir import read_metrics
+from harness.rundir import PROBES, read_metrics
 
 REPORTS = "docs/reports"
 
@@ -55,10 +55,18 @@ class CompareGeneratorsConfig(DeviceFlags):
 
 
 def wall_time(run_dir: Path) -> str:
-    """The run's whole wall time (timings.json), else the sum of its epochs' training time."""
-    timings = run_dir / "timings.json"
-    if timings.exists():
-        return f"{json.loads(timings.read_text())['total']:,.0f} s"
+    """The run's wall time: its last process's (timings.json), or, where probes.jsonl carries more
+    seconds across a resume, at least those; else the sum of its epochs' training time."""
+    total = (
+        json.loads((run_dir / "timings.json").read_text())["total"]
+        if (run_dir / "timings.json").exists()
+        else 0
+    )
+    probed = read_metrics(run_dir, PROBES)[-1]["wall_s"] if (run_dir / PROBES).exists() else 0
+    if probed > total:  # resumed: timings.json holds the last process only
+        return f">= {probed:,.0f} s (resumed; to its last probe)"
+    if total:
+        return f"{total:,.0f} s"
     epochs = (
         [r.get("epoch_time_s", 0) for r in read_metrics(run_dir)]
         if (run_dir / "metrics.jsonl").exists()
@@ -128,7 +136,7 @@ def main(argv=None):
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure = out.with_suffix(".png")
-    save_image_rows(grids, [r[0].split(" (")[0].split(",")[0] for r in rows] + ["real"], figure,
+    save_image_rows(grids, [r[0].split(" (")[0] for r in rows] + ["real"], figure,
                     f"{cfg.dataset}: 16 samples of each model, and real training images")  # fmt: skip
     write_table(out, cfg, rows, floor, figure)
     print(f"wrote {out} and {figure}")

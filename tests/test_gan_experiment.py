@@ -202,7 +202,7 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
         (["--dataset", "imagefolder", "--image-folder", "/nonexistent/dir"], "/nonexistent/dir"),
         (["--dataset", "imagefolder", "--image-folder", ".", "--target-fid", "5"], "--target-fid needs"),
         (["--loss", "minimax"], "invalid choice"),
-        (["--n-disc", "0"], "--n-disc must be"),
+        (["--n-disc", "0"], "--n-disc and --r1-every must be"),
         (["--disc-norm"], "--disc-norm: a gradient penalty"),
         (["--r1-gamma", "-1"], "--r1-gamma"),
         (["--mode-seeking", "-0.5"], "--mode-seeking"),

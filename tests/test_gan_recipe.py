@@ -58,7 +58,8 @@ def test_relativistic_pairing_matches_hand_computed_values():
     assert float(g_loss) == pytest.approx((softplus(0.5 + 0.3) + softplus(-1.0 - 2.0)) / 2, rel=1e-12)
 
 
-def test_r1_on_a_subset_is_the_penalty_of_those_images_and_is_logged():
+def _disc_batch():
+    """A small R1-recipe pair, the discriminator's tensors and a batch of real and fake images."""
     torch.manual_seed(0)
     gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)
     params, buffers = dict(disc.named_parameters()), dict(disc.named_buffers())
@@ -67,6 +68,11 @@ def test_r1_on_a_subset_is_the_penalty_of_those_images_and_is_logged():
         "x": torch.rand(8, 1, 28, 28, generator=g),
         "fake": torch.rand(8, 1, 28, 28, generator=g) * 2 - 1,
     }
+    return gen, disc, params, buffers, batch
+
+
+def test_r1_on_a_subset_is_the_penalty_of_those_images_and_is_logged():
+    gen, disc, params, buffers, batch = _disc_batch()
     plain, _ = G.make_gan_loss(gen, disc).disc_loss(params, buffers, batch)
     full, aux = G.make_gan_loss(gen, disc, r1_gamma=4.0).disc_loss(params, buffers, batch)
     part, aux_part = G.make_gan_loss(gen, disc, r1_gamma=4.0, r1_batch=3).disc_loss(params, buffers, batch)
@@ -288,14 +294,7 @@ def _lazy_batches(n):
 
 
 def test_the_lazy_r1_loss_weights_the_penalty_by_the_interval_and_skips_it_at_zero():
-    torch.manual_seed(0)
-    gen, disc = build_gan("dcgan", (1, 28, 28), 16, 8, disc_norm=False)
-    params, buffers = dict(disc.named_parameters()), dict(disc.named_buffers())
-    g = torch.Generator().manual_seed(1)
-    batch = {
-        "x": torch.rand(8, 1, 28, 28, generator=g),
-        "fake": torch.rand(8, 1, 28, 28, generator=g) * 2 - 1,
-    }
+    gen, disc, params, buffers, batch = _disc_batch()
     loss = G.make_gan_loss(gen, disc, r1_gamma=4.0, r1_batch=3).disc_loss
     plain, _ = G.make_gan_loss(gen, disc).disc_loss(params, buffers, batch)
     r1 = G.r1_penalty(lambda x: disc(x), G.to_signed(batch["x"][:3]))
