@@ -13,7 +13,7 @@ from engine import atomic_write
 from evaluation import latents as metrics
 from evaluation.likelihood import iwae_bounds, nll_subset, scored_seconds, standard_error
 from evaluation.trained import load_trained
-from harness import TEST_SEED, load_dataset, resolve_device
+from harness import TEST_SEED, DataError, load_dataset, resolve_device
 from harness.loader import fixed_images
 from losses import bernoulli_nll, elbo, gaussian_kl, one_draw_kl, squared_error
 
@@ -33,6 +33,19 @@ def encode(model, x):
 def decode(model, z):
     """Pixel logits (N, 1, 28, 28) of codes z, in chunks."""
     return torch.cat([model.decode(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
+
+
+@torch.no_grad()
+def prior_samples(
+    run_dir: Path, n: int, seed: int, device, dataset: str | None = None
+) -> tuple[dict, torch.Tensor]:
+    """(config, n decoded prior draws) of a finished VAE run: its N(0, I) prior or VampPrior, the
+    decoder's Bernoulli means. DataError if it is not a VAE run (on `dataset`, when given)."""
+    cfg, model = load_trained(run_dir, device)
+    if cfg.get("experiment") != "vae" or dataset not in (None, cfg.get("dataset")):
+        raise DataError(f"{run_dir} is not a VAE run" + (f" on {dataset}" if dataset else ""))
+    z = model.sample_prior(n, torch.Generator(device=device).manual_seed(seed))
+    return cfg, torch.sigmoid(decode(model, z))
 
 
 def evaluate(

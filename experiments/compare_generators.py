@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.autoencoders import decode, encode
+from evaluation.autoencoders import decode, encode, prior_samples
 from evaluation.fidelity import RealReference, random_subset
 from evaluation.gmm import fit_gmm, mean_log_likelihood, sample_gmm
 from evaluation.plots import save_image_rows
@@ -88,14 +88,10 @@ def ae_samples(run_dir: Path, train, n: int, k: int, device) -> tuple[torch.Tens
     return torch.sigmoid(decode(model, z)), f"AE {cfg['arch']} z={cfg['latent_dim']} + GMM ({note})"
 
 
-@torch.no_grad()
 def vae_samples(run_dir: Path, n: int, device) -> tuple[torch.Tensor, str]:
-    cfg, model = load_trained(run_dir, device)
-    if cfg["experiment"] != "vae":
-        raise DataError(f"{run_dir} is not a VAE run")
-    z = model.sample_prior(n, torch.Generator(device=device).manual_seed(TEST_SEED))
+    cfg, images = prior_samples(run_dir, n, TEST_SEED, device)
     prior = "VampPrior" if cfg.get("prior") == "vamp" else "N(0, I)"
-    return torch.sigmoid(decode(model, z)), f"VAE {cfg['arch']} z={cfg['latent_dim']}, {prior} prior"
+    return images, f"VAE {cfg['arch']} z={cfg['latent_dim']}, {prior} prior"
 
 
 def gan_samples(run_dir: Path, n: int, device) -> tuple[torch.Tensor, str]:

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import torch
 from safetensors.torch import load_file, save_file
 
-from evaluation.autoencoders import decode
+from evaluation.autoencoders import prior_samples
 from evaluation.cas import classification_accuracy_score, per_class_agreement, to_dataset
 from evaluation.fidelity import RealReference, class_coverage, label_agreement, random_subset
 from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows
 from evaluation.quality import compare_features, inception_score, nearest_neighbours
 from evaluation.sampling import sample_images
 from evaluation.swd import SWDReference
-from evaluation.trained import load_generator, load_trained
+from evaluation.trained import load_generator
 from harness import (
     TEST_SEED,
     DataError,
@@ -49,16 +49,10 @@ FIGURES = [  # (file written by training, caption)
 ]
 
 
-@torch.no_grad()
 def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple[str, torch.Tensor]:
-    """A VAE run's decoded prior draws: sigmoid of the decoder's logits (Bernoulli means)."""
-    cfg, model = load_trained(vae_run, device)
-    if cfg.get("experiment") != "vae" or cfg.get("dataset") != dataset:
-        raise DataError(f"{vae_run} is not a VAE run on {dataset}")
-    z = model.sample_prior(n, torch.Generator(device=device).manual_seed(seed))  # N(0, I) or the VampPrior
-    return f"VAE samples ({cfg['arch']}, z={cfg['latent_dim']}, {vae_run.name})", torch.sigmoid(
-        decode(model, z)
-    )
+    """A VAE run's row name and decoded prior draws."""
+    cfg, images = prior_samples(vae_run, n, seed, device, dataset)
+    return f"VAE samples ({cfg['arch']}, z={cfg['latent_dim']}, {vae_run.name})", images
 
 
 def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: int = 0) -> dict:
