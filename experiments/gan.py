@@ -35,7 +35,7 @@ from harness import (
     to_unit,
     train,
 )
-from harness.config import DATASET_NAMES
+from harness.config import DATASET_NAMES, LR_DECAYS
 from harness.rundir import PROBES, STEPS
 from losses.gan import GAN_LOSSES, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
@@ -58,6 +58,7 @@ class GANConfig(RunConfig):
     batch_size: int = option(64, "images per discriminator update")
     lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
     d_lr: float = option(0.0, "discriminator learning rate (0: --lr; above it: TTUR, Heusel et al. 2017)")
+    lr_decay: str = option("constant", "both players' rates: constant or cosine (0 at the end)", LR_DECAYS)
     arch: str = option("dcgan", "networks: dcgan (28x28 or 64x64) or mlp", GAN_ARCHS)
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
     r1_gamma: float = option(0.1, "weight gamma of the R1 penalty gamma/2 E|grad D(x)|^2 (0: off)")
@@ -191,12 +192,19 @@ def main(argv=None):
     gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
                         cfg.classifier_weight)  # fmt: skip
-    g_opt = engine.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
-    d_opt = engine.adam(cfg.d_lr or cfg.lr, b1=cfg.b1, b2=cfg.b2)
+    noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
+    loader = run.loader(noise, batches=cfg.n_disc)
+    steps = cfg.epochs * loader.steps_per_epoch  # generator updates; D takes n_disc per step
+
+    def rate(lr: float, updates: int):
+        return lr if cfg.lr_decay == "constant" else engine.cosine(lr, updates)
+
+    g_lr = rate(cfg.lr, steps)
+    g_opt = engine.adam(g_lr, b1=cfg.b1, b2=cfg.b2)
+    d_opt = engine.adam(rate(cfg.d_lr or cfg.lr, steps * cfg.n_disc), b1=cfg.b1, b2=cfg.b2)
     lazy = cfg.r1_every if cfg.r1_gamma > 0 else 1
     step = engine.make_gan_step(*gan, g_opt, d_opt, run.options, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
                                 reg_every=lazy)  # fmt: skip
-    noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     if cfg.dataset in CLASSIFIED:  # the project's classifier: FID, IS, precision, recall against test
         reference = RealReference(cfg.dataset, run.test, run.device)
     else:  # an image folder: the multi-scale SWD against its held-out images, with its floor
@@ -215,8 +223,9 @@ def main(argv=None):
         run,
         step,
         engine.init_gan_state(gen, disc, g_opt, d_opt, cfg.precision),
-        run.loader(noise, batches=cfg.n_disc),
+        loader,
         evaluate,
+        lr=g_lr,
         on_epoch_end=lambda s, _: save_plots(run, ema_sampler(gan, s, cfg), reference),
         log_every=10 if run.device.type == "cpu" else 100,  # a sync point: rarer on a GPU
         summary=("train_d_loss", "train_g_loss", "test_fid", "test_is", "test_swd"),

@@ -10,13 +10,13 @@ import engine
 from evaluation.explore import EpochFigures, finish_exploring
 from evaluation.plots import plot_curves, save_image_grid, save_image_rows
 from harness import RunConfig, RunContext, main_guard, open_run, option, read_metrics, to_unit, train
+from harness.config import LR_DECAYS
 from harness.selection import keep_if_best, selected
 from harness.world import barrier
 from losses import make_elbo_loss, make_iwae_loss
 from models import ARCHS, PRIORS, build_vae
 
 OBJECTIVES = ("elbo", "iwae")
-LR_DECAYS = ("constant", "cosine")
 
 
 @dataclass(frozen=True)

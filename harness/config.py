@@ -16,6 +16,7 @@ from harness.data import DATASETS
 DATASET_NAMES = tuple(DATASETS)
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZE = ("none", "dynamic")
+LR_DECAYS = ("constant", "cosine")  # --lr-decay: cosine falls to 0 over --epochs
 COMPILE = ("auto", *COMPILE_MODES)  # auto: the per-device default
 
 

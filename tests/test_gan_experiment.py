@@ -95,9 +95,10 @@ def test_eval_gan_writes_the_table_with_floor_and_vae_rows(data_root, mlp_gan_ru
     assert (mlp_gan_run / "nearest_neighbours.png").exists() and "report.md" in proc.stdout
 
 
-RESUMED = {  # WGAN-GP with two critic steps per generator step; the R1 recipe, conditional, mode-seeking
+RESUMED = {  # WGAN-GP with two critic steps per generator step; the R1 recipe, conditional, mode-seeking,
+    # with both players' learning rates on a cosine decay
     "wgan-gp": ["--loss", "wgan-gp", "--r1-gamma", "0", "--n-disc", "2"],
-    "r1-conditional": ["--conditional", "--mode-seeking", "1", "--n-disc", "2"],
+    "r1-conditional": ["--conditional", "--mode-seeking", "1", "--n-disc", "2", "--lr-decay", "cosine"],
 }
 
 
@@ -123,6 +124,16 @@ def test_gan_resume_in_a_new_process_is_bitwise_exact(data_root, tmp_path, recip
     assert int(a["gen/step"]) == n and int(a["disc/step"]) == 2 * n
     if recipe == "r1-conditional":  # lazy R1 (every 16th step): steps 0, 16 and 32 of the 40 measured it
         assert torch.isfinite(a["extra/history/d_r1"]).nonzero().flatten().tolist() == [0, 16, 32]
+        from engine import cosine
+        from tests.test_timing import _scalars
+
+        # the generator's rate, logged every 10 steps, is the cosine over 2 epochs of 60,000 // 256 steps
+        series, _ = _scalars(tmp_path / "straight" / "tensorboard")
+        want = cosine(5e-4, 2 * (60_000 // 256))
+        assert [s for s, _ in series["lr"]] == [10, 20, 30, 40]
+        expected = [float(want(torch.tensor(s))) for s in (10, 20, 30, 40)]
+        assert [lr for _, lr in series["lr"]] == pytest.approx(expected)
+        assert series["lr"][-1][1] < 5e-4 * 0.99
 
 
 def test_eval_gan_reports_per_class_agreement_and_the_classification_accuracy_score(data_root, tmp_path):
