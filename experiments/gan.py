@@ -73,6 +73,7 @@ class GANConfig(RunConfig):
     class_weight: float = option(1.0, "--conditional: weight of ACGAN's auxiliary classifier loss (0: none)")
     latent_dim: int = option(100, "size of the generator's input z")
     width: int = option(64, "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width")
+    disc_width: int = option(0, "the discriminator's own --width (0: --width): a wider D, the same G")
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
     b1: float = option(0.5, "Adam beta1 of both players (DCGAN: 0.5; StyleGAN: 0)")
     b2: float = option(0.99, "Adam beta2 of both players (DCGAN: 0.999; WGAN-GP: 0.9)")
@@ -91,7 +92,8 @@ class GANConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.require(self.latent_dim >= 1 and self.width >= 1, "--latent-dim and --width must be at least 1")
+        ok = self.latent_dim >= 1 and self.width >= 1 and self.disc_width >= 0
+        self.require(ok, "--latent-dim and --width must be at least 1, --disc-width at least 0")
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         ok = self.n_disc >= 1 and self.r1_every >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc and --r1-every must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
@@ -185,7 +187,7 @@ def main(argv=None):
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
         gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes,
-                              cfg.classifier_weight > 0)  # fmt: skip
+                              cfg.classifier_weight > 0, cfg.disc_width)  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from None
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights

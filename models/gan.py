@@ -159,21 +159,27 @@ def build_gan(
     disc_norm: bool = True,
     classes: int = 0,
     classify: bool = False,
+    disc_width: int = 0,
 ):
-    """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised; disc_norm=False
+    """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised; disc_width: the
+    discriminator's own width (0: width), the generator's unchanged; disc_norm=False
     drops the discriminator's BatchNorm (needed by gradient penalties); classes > 0: conditional
     (a label embedding in the generator, a projection discriminator), and with classify=True an
     auxiliary classifier head in the discriminator (ACGAN, Odena et al. 2017)."""
     c, h, w = image_shape
     inputs = 2 * latent_dim if classes else latent_dim  # the generator reads [z, embed(y)] when conditional
     if arch == "mlp":
-        gen, disc = mlp_gan(inputs, image_shape, 4 * width)
+        nets = lambda width: mlp_gan(inputs, image_shape, 4 * width)  # noqa: E731
     elif arch == "dcgan" and h == w == 28:
-        gen, disc = dcgan28(inputs, c, width, disc_norm)
+        nets = lambda width: dcgan28(inputs, c, width, disc_norm)  # noqa: E731
     elif arch == "dcgan" and h == w == 64:
-        gen, disc = dcgan64(inputs, c, width, disc_norm)
+        nets = lambda width: dcgan64(inputs, c, width, disc_norm)  # noqa: E731
     else:
         raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
+    gen, disc = nets(width)
+    if disc_width and disc_width != width:
+        with torch.random.fork_rng(devices=[]):  # dcgan_init below draws every weight: G's as before
+            disc = nets(disc_width)[1]
     h = disc[:-1](torch.zeros(2, *image_shape)) if classes else None  # what the last layer reads
     features = h.shape[1] if classes else 0  # channels the projection weighs
     flat = h[0].numel() if classes and classify else 0  # inputs of the auxiliary classifier

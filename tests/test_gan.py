@@ -123,6 +123,19 @@ def test_networks_shapes_and_dcgan_init(arch, shape):
         build_gan("dcgan", (1, 32, 32))
 
 
+@pytest.mark.parametrize("arch,shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 64, 64)), ("mlp", (1, 28, 28))])
+def test_a_wider_discriminator_leaves_the_generator_as_it_was(arch, shape):
+    torch.manual_seed(0)
+    gen, disc = build_gan(arch, shape, latent_dim=16, width=8)
+    torch.manual_seed(0)
+    same_gen, wide = build_gan(arch, shape, latent_dim=16, width=8, disc_width=12)
+    a, b = gen.state_dict(), same_gen.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same draws, same weights
+    narrow = [p.shape[0] for p in disc.parameters() if p.dim() > 1][:-1]  # the hidden layers' outputs
+    wider = [p.shape[0] for p in wide.parameters() if p.dim() > 1][:-1]
+    assert wider == [n * 12 // 8 for n in narrow] and wide(gen(torch.randn(3, 16))).shape == (3,)
+
+
 B, Z = 8, 16
 
 
