@@ -71,6 +71,7 @@ class GANConfig(RunConfig):
     disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
     conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
     class_weight: float = option(1.0, "--conditional: weight of ACGAN's auxiliary classifier loss (0: none)")
+    g_class_weight: float = option(-1.0, "the classifier term's weight in G's loss (-1: --class-weight)")
     latent_dim: int = option(100, "size of the generator's input z")
     width: int = option(64, "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width")
     disc_width: int = option(0, "the discriminator's own --width (0: --width): a wider D, the same G")
@@ -111,6 +112,8 @@ class GANConfig(RunConfig):
         self.require(
             ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr, --probe-every, --class-weight must be >= 0"
         )
+        ok = self.g_class_weight >= 0 or self.g_class_weight == -1
+        self.require(ok, f"--g-class-weight must be >= 0 (or -1: --class-weight), got {self.g_class_weight}")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
         penalised = self.loss == "wgan-gp" or self.r1_gamma > 0
         why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
@@ -129,6 +132,11 @@ class GANConfig(RunConfig):
     def classifier_weight(self) -> float:
         """The auxiliary classifier loss's weight: --class-weight, for a conditional GAN only."""
         return self.class_weight if self.conditional else 0.0
+
+    @property
+    def generator_class_weight(self) -> float | None:
+        """The classifier term's weight in the generator's loss (None: the same as D's)."""
+        return None if self.g_class_weight < 0 else self.g_class_weight
 
     def tag(self) -> str:
         return f"{self.arch}-{self.loss}" + ("-cond" if self.conditional else "")
@@ -193,7 +201,7 @@ def main(argv=None):
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights
     gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
-                        cfg.classifier_weight)  # fmt: skip
+                        cfg.classifier_weight, cfg.generator_class_weight)  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     loader = run.loader(noise, batches=cfg.n_disc)
     steps = cfg.epochs * loader.steps_per_epoch  # generator updates; D takes n_disc per step

@@ -151,6 +151,7 @@ def make_gan_loss(
     r1_batch: int = 0,
     mode_seeking_weight: float = 0.0,
     class_weight: float = 0.0,
+    gen_class_weight: float | None = None,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -164,11 +165,13 @@ def make_gan_loss(
     class_weight > 0 (a conditional discriminator built with classify=True): ACGAN's auxiliary
     classifier loss. The discriminator learns to classify the real images (cross-entropy with their
     labels: real ones only, so it never learns the classes of bad fakes), and the generator is
-    pushed to make images that classifier puts in the class they were asked for.
+    pushed to make images that classifier puts in the class they were asked for, with weight
+    gen_class_weight (None: class_weight; 0: D still learns the classes, G is not pushed by them).
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
     d_fn, g_fn = PAIRS[kind]
+    g_class = class_weight if gen_class_weight is None else gen_class_weight
 
     def generate(params, buffers, z, y=None):
         return call_module(gen, params, buffers, z, y)
@@ -222,7 +225,7 @@ def make_gan_loss(
             metrics.update(g_loss=loss.detach(), g_ms=ms.detach())
         if class_weight > 0:  # the fakes in the class asked for, as D's classifier of real images sees them
             ce = F.cross_entropy(classes.float(), y)
-            loss = loss + class_weight * ce
+            loss = loss + g_class * ce
             metrics.update(g_loss=loss.detach(), class_ce=ce.detach())
         return loss, Aux(metrics, buffers)
 

@@ -217,6 +217,8 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
         (["--disc-norm"], "--disc-norm: a gradient penalty"),
         (["--r1-gamma", "-1"], "--r1-gamma"),
         (["--mode-seeking", "-0.5"], "--mode-seeking"),
+        (["--g-class-weight", "-0.5"], "--g-class-weight must be >= 0"),
+        (["--disc-width", "-1"], "--disc-width at least 0"),
         (["--conditional", "--dataset", "imagefolder", "--image-folder", "."], "--conditional needs"),
         (
             [

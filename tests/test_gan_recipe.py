@@ -372,6 +372,13 @@ def test_the_auxiliary_classifier_loss_is_the_cross_entropy_of_the_discriminator
     ours, aux = ac.gen_loss(g_params, g_buffers, g_batch)
     torch.testing.assert_close(ours, plain.gen_loss(g_params, g_buffers, g_batch)[0] + 0.5 * fake_ce)
     torch.testing.assert_close(aux.metrics["class_ce"], fake_ce.detach())
+    for weight in (0.0, 0.2):  # the generator's own weight; D's loss keeps class_weight's
+        own = G.make_gan_loss(gen, disc, class_weight=0.5, gen_class_weight=weight)
+        expected = plain.gen_loss(g_params, g_buffers, g_batch)[0] + weight * fake_ce
+        torch.testing.assert_close(own.gen_loss(g_params, g_buffers, g_batch)[0], expected)
+        torch.testing.assert_close(
+            own.disc_loss(d_params, d_buffers, d_batch)[0], ac.disc_loss(d_params, d_buffers, d_batch)[0]
+        )
     # the head is trained by D's update on real images, and moves G towards the asked-for class
     grads = torch.func.grad(lambda p: ac.disc_loss(p, d_buffers, d_batch)[0])(d_params)
     assert grads["classifier.weight"].abs().sum() > 0
