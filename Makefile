@@ -11,7 +11,7 @@ TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
 TB_PORT ?= 6006
 
-.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos train-classifier compare-ae-vae compare-generators sweep-vae test lint bench bench-compare smoke-gpu clean-runs
+.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos data-emoji data-abstract train-gan-emoji train-gan-abstract eval-folders train-classifier compare-ae-vae compare-generators sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,32 @@ PHOTOS ?= data/photo-crops
 train-gan-photos: setup  ## a 64x64 RGB GAN on crops of matplotlib's sample photographs, scored by SWD
 	@test -d $(PHOTOS) || $(PY) -m experiments.photo_crops $(PHOTOS)
 	$(PY) -m experiments.gan --dataset imagefolder --image-folder $(PHOTOS) $(ARGS)
+
+# a Debian package the target needs, installed with apt-get where it is missing ($(1): packages, $(2): a file it ships)
+APT = test -e $(2) || { command -v apt-get >/dev/null || { echo "apt-get not found: install $(1) with your package manager"; exit 2; }; \
+  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(1); }
+EMOJI ?= data/emoji
+ABSTRACT ?= data/abstract
+
+data-emoji: setup  ## Noto Color Emoji, 64x64 on white, a subfolder per Unicode group, into $(EMOJI) (apt: fonts-noto-color-emoji unicode-data)
+	@$(call APT,fonts-noto-color-emoji unicode-data,/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf)
+	@$(call APT,unicode-data,/usr/share/unicode/emoji/emoji-test.txt)
+	@test -d $(EMOJI) || $(PY) -m experiments.folders emoji $(EMOJI)
+
+data-abstract: setup  ## 10,000 64x64 crops of the abstract wallpapers into $(ABSTRACT) (apt: gnome-backgrounds mate-backgrounds)
+	@$(call APT,gnome-backgrounds,/usr/share/backgrounds/gnome)
+	@$(call APT,mate-backgrounds,/usr/share/backgrounds/mate)
+	@test -d $(ABSTRACT) || $(PY) -m experiments.folders abstract $(ABSTRACT)
+
+train-gan-emoji: data-emoji  ## make train-gan on the emoji folder (the folder recipe: residual nets, DiffAugment, R1 + R2)
+	$(PY) -m experiments.gan --image-folder $(EMOJI) $(ARGS)
+
+train-gan-abstract: data-abstract  ## make train-gan on the abstract-wallpaper crops
+	$(PY) -m experiments.gan --image-folder $(ABSTRACT) $(ARGS)
+
+eval-folders: setup  ## SWD (with its floor), diversity and a nearest-neighbour grid of folder A against folder B
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make eval-folders A=<samples folder> B=<data folder>"; exit 2; }
+	$(PY) -m experiments.eval_folders $(A) $(B) $(ARGS)
 
 train-classifier: setup  ## retrain the FID/IS feature classifiers committed in models/weights/
 	$(PY) -m experiments.classifier --dataset mnist --epochs 8 --target-accuracy 0.993 $(ARGS)

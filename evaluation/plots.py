@@ -90,6 +90,22 @@ def save_image_rows(rows: list[torch.Tensor], labels: list[str], path, title: st
     _save(fig, path)
 
 
+def save_nearest_grid(samples, pool, path, title: str, sample_feats=None, pool_feats=None, per_row=16):
+    """Each of `samples` (N, C, H, W) in [0, 1] above its nearest image of `pool` (Euclidean, in the
+    given features; pixels when none), per_row pairs to a row: memorised images show as equal pairs."""
+    from evaluation.quality import nearest_neighbours
+
+    flat = lambda t: t.flatten(1).float()  # noqa: E731
+    a = flat(samples) if sample_feats is None else sample_feats
+    b = flat(pool) if pool_feats is None else pool_feats
+    nearest = pool[nearest_neighbours(a.cpu(), b.cpu(), k=1)[:, 0].to(pool.device)]
+    rows, labels = [], []
+    for i in range(0, len(samples), per_row):
+        rows += [samples[i : i + per_row], nearest[i : i + per_row]]
+        labels += ["generated", "nearest\ntraining image"]
+    save_image_rows(rows, labels, path, title)
+
+
 def save_image_grid(images: torch.Tensor, path, title: str, nrow: int = 8) -> None:
     """A square-ish grid of images (N, C, H, W) in [0, 1], grey (C = 1) or RGB (C = 3)."""
     grid = _grid(images, nrow)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from evaluation.autoencoders import prior_samples
 from evaluation.cas import classification_accuracy_score, per_class_agreement, to_dataset
 from evaluation.fidelity import RealReference, class_coverage, label_agreement, random_subset
-from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows
-from evaluation.quality import compare_features, inception_score, nearest_neighbours
+from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows, save_nearest_grid
+from evaluation.quality import compare_features, inception_score
 from evaluation.sampling import sample_images
 from evaluation.swd import SWDReference
 from evaluation.trained import load_generator
@@ -101,14 +101,9 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
         )
     # nearest training image in feature space for the first 16 generated samples
     train_feats, _ = reference.embed(floor)
-    gen_feats = fake_feats[:16]
-    nn_idx = nearest_neighbours(gen_feats, train_feats, k=1)[:, 0].to(floor.device)
-    save_image_rows(
-        [fake[:16], floor[nn_idx]],
-        ["generated", "nearest training image"],
-        run_dir / "nearest_neighbours.png",
-        f"{cfg.dataset}: generated samples and their nearest of {n:,} training images (classifier features)",
-    )
+    title = f"{cfg.dataset}: samples and their nearest of {n:,} training images (classifier features)"
+    path = run_dir / "nearest_neighbours.png"
+    save_nearest_grid(fake[:16], floor, path, title, fake_feats[:16], train_feats)
     return result
 
 
@@ -117,30 +112,35 @@ def evaluate_folder(cfg, sampler, train, test) -> dict:
     those held-out images, beside the floor (as many training images against them)."""
     reference = SWDReference(test, train, TEST_SEED)
     fake = sample_images(sampler, len(reference), TEST_SEED)
-    score = {k: v for k, v in reference.score(fake).items() if k != "swd_floor"}
+    score = reference.score(fake)
+    real = score.pop("diversity_real")
+    del score["swd_floor"]
     rows = {
         f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
-        "training images (the floor)": reference.floor,
+        "training images (the floor)": {**reference.floor(), "diversity": reference.copies_diversity()},
     }
-    return {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd"}
+    return {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
+            "diversity_real": real}  # fmt: skip
 
 
 def write_folder_report(run_dir: Path, result: dict) -> None:
     rows = result["rows"]
-    levels = [k for k in next(iter(rows.values())) if k != "swd"]
+    levels = [k for k in next(iter(rows.values())) if k not in ("swd", "diversity")]
     lines = [
         f"# GAN evaluation: {run_dir}",
         "",
         f"Multi-scale sliced Wasserstein distance (x 1e3; Karras et al. 2018) on 7x7 Laplacian-pyramid "
         f"patches of {result['samples']:,} images per row against the {result['samples']:,} images held out "
         f"of {result['dataset']} (never trained on); lower is better, the floor is what the training "
-        "images themselves score.",
+        "images themselves score. Diversity: the mean distance between two images' pyramid levels "
+        f"(docs/evaluation.md); the held-out images' own is {result['diversity_real']:.3f}.",
         "",
-        "| images | SWD (mean) | " + " | ".join(levels) + " |",
-        "|---|---|" + "---|" * len(levels),
+        "| images | SWD (mean) | " + " | ".join(levels) + " | diversity |",
+        "|---|---|" + "---|" * len(levels) + "---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['swd']:.2f} | " + " | ".join(f"{r[k]:.2f}" for k in levels) + " |")
+        cells = " | ".join(f"{r[k]:.2f}" for k in levels)
+        lines.append(f"| {name} | {r['swd']:.2f} | {cells} | {r['diversity']:.3f} |")
     lines += [""] + [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 

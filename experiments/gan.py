@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from evaluation.plots import (
     plot_step_curves,
     save_gif,
     save_grids_side_by_side,
+    save_nearest_grid,
 )
 from evaluation.sampling import Sampler, sample_images
 from evaluation.swd import SWDReference
@@ -36,11 +38,17 @@ from harness import (
     train,
 )
 from harness.config import DATASET_NAMES, LR_DECAYS
+from harness.progress import say
 from harness.rundir import PROBES, STEPS
+from losses.augment import AUGMENTS, DRAWS
 from losses.gan import GAN_LOSSES, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
 
 CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
+# what the flags left at auto become: for an --image-folder run (small, colourful data, chosen by the
+# side-by-side trials in docs/gans.md) and for MNIST / Fashion-MNIST (the digits' recipe)
+FOLDER = {"arch": "resnet", "r2_gamma": 0.1, "augment": AUGMENTS}
+BUILT_IN = {"arch": "dcgan", "r2_gamma": 0.0, "augment": ("none",)}
 
 
 @dataclass(frozen=True)
@@ -53,15 +61,30 @@ class GANConfig(RunConfig):
         "weights and optimizer state), else fp32; fp16 adds dynamic loss scaling",
         (*engine.PRECISIONS, "auto"),
     )
-    dataset: str = option("mnist", "data set (imagefolder: --image-folder)", CLASSIFIED + ("imagefolder",))
+    dataset: str = option(
+        "auto",
+        "data set (auto: imagefolder with --image-folder, else mnist)",
+        ("auto", *CLASSIFIED, "imagefolder"),
+    )
     epochs: int = option(12, "passes over the training set (one generator step per batch)")
     batch_size: int = option(64, "images per discriminator update")
     lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
     d_lr: float = option(1e-3, "discriminator learning rate (0: --lr); above --lr: TTUR, Heusel et al. 2017")
     lr_decay: str = option("constant", "both players' rates: constant or cosine (0 at the end)", LR_DECAYS)
-    arch: str = option("dcgan", "networks: dcgan (28x28 or 64x64) or mlp", GAN_ARCHS)
+    arch: str = option(
+        "auto",
+        "networks: dcgan (28x28 or 64x64), resnet (64x64) or mlp; auto: resnet for folders, else dcgan",
+        ("auto", *GAN_ARCHS),
+    )
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
     r1_gamma: float = option(0.1, "weight gamma of the R1 penalty gamma/2 E|grad D(x)|^2 (0: off)")
+    r2_gamma: float = option(-1.0, "weight of R2, R1 at generated images (R3GAN); -1: folders 0.1, else 0")
+    augment: tuple[str, ...] = option(
+        ("auto",),
+        "DiffAugment of every image D sees: comma-separated from color,translation,cutout, or none; "
+        "auto: all three for folders, none for digits",
+        ("auto", "none", *AUGMENTS),
+    )
     r1_batch: int = option(16, "real images per batch the R1 penalty is estimated on (0: all)")
     r1_every: int = option(
         16, "lazy R1: the penalty on every Nth step, weighted N times (StyleGAN2; 1: every step)"
@@ -93,6 +116,18 @@ class GANConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        folder = self.image_folder and self.dataset in ("auto", "imagefolder")
+        auto = FOLDER if folder else BUILT_IN
+        resolved = {
+            "dataset": "imagefolder" if folder else ("mnist" if self.dataset == "auto" else self.dataset),
+            "arch": auto["arch"] if self.arch == "auto" else self.arch,
+            "r2_gamma": auto["r2_gamma"] if self.r2_gamma == -1 else self.r2_gamma,
+            "augment": auto["augment"] if self.augment == ("auto",) else self.augment,
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+        ok = set(self.augment) <= set(AUGMENTS) or self.augment == ("none",)
+        self.require(ok, f"--augment: none, or names from {','.join(AUGMENTS)}; got {','.join(self.augment)}")
         ok = self.latent_dim >= 1 and self.width >= 1 and self.disc_width >= 0
         self.require(ok, "--latent-dim and --width must be at least 1, --disc-width at least 0")
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
@@ -106,22 +141,30 @@ class GANConfig(RunConfig):
                 self.d_lr,
                 self.probe_every,
                 self.class_weight,
+                self.r2_gamma,
             )
             >= 0
         )
         self.require(
-            ok, "--r1-gamma, --r1-batch, --mode-seeking, --d-lr, --probe-every, --class-weight must be >= 0"
+            ok,
+            "--r1-gamma, --r2-gamma, --r1-batch, --mode-seeking, --d-lr, --probe-every, --class-weight "
+            "must be >= 0",
         )
         ok = self.g_class_weight >= 0 or self.g_class_weight == -1
         self.require(ok, f"--g-class-weight must be >= 0 (or -1: --class-weight), got {self.g_class_weight}")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
-        penalised = self.loss == "wgan-gp" or self.r1_gamma > 0
+        penalised = self.loss == "wgan-gp" or self.r1_gamma > 0 or self.r2_gamma > 0
         why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
         self.require(not (self.disc_norm and penalised), why)
         scored = self.dataset in CLASSIFIED and self.eval_samples > 0
         need = "--target-fid needs --dataset mnist or fashion-mnist and --eval-samples > 0"
         self.require(not self.target_fid or scored, need)
         self.require(not self.conditional or self.dataset in CLASSIFIED, "--conditional needs labelled data")
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The DiffAugment policy (empty: none)."""
+        return () if self.augment == ("none",) else self.augment
 
     @property
     def classes(self) -> int:
@@ -140,6 +183,19 @@ class GANConfig(RunConfig):
 
     def tag(self) -> str:
         return f"{self.arch}-{self.loss}" + ("-cond" if self.conditional else "")
+
+
+PLOT_STEPS = 500  # epoch-end scores and plots at least this many steps apart (MNIST: every epoch)
+COLLAPSE = 0.5  # warn when the samples' diversity falls below this share of the real images'
+
+
+def warn_collapse(scores: dict[str, float], step: int) -> None:
+    """One line when a probe's samples are less diverse than COLLAPSE x the real images (a folder run)."""
+    if "diversity" in scores and scores["diversity"] < COLLAPSE * scores["diversity_real"]:
+        say(
+            f"mode collapse at step {step:,}: the samples' diversity {scores['diversity']:.3f} is below "
+            f"half the real images' {scores['diversity_real']:.3f} (probes.jsonl; try --augment, --r2-gamma)"
+        )
 
 
 def ema_sampler(gan, state, cfg) -> Sampler:
@@ -171,7 +227,8 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     elif probes:
         title = f"{tag}: EMA generator, SWD on {len(reference):,} held-out images"
         swd = [("swd", "SWD x 1e3 (lower is better)")]
-        plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, reference.floor["swd"], swd)
+        floor = reference.floor(quick=True)["swd"]  # the probes' protocol
+        plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, floor, swd)
     # the fixed grid: 64 draws; conditional: 80, one row of 8 per class
     fixed = sample_images(sampler, 80 if cfg.conditional else 64, cfg.seed)
     if cfg.conditional:  # sample_labels cycles 0..9: column-major into rows of one class each
@@ -186,6 +243,11 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     source = "test split" if cfg.dataset in CLASSIFIED else "the folder"
     grids = [("generated (EMA generator, fixed z)", fixed), (f"real ({source})", real)]
     save_grids_side_by_side(grids, d / "samples_vs_real.png", tag)
+    if cfg.dataset not in CLASSIFIED:  # a folder: memorised images show beside their source
+        title = (
+            f"{tag}: 32 samples, each over its nearest of {len(run.train.images):,} training images (pixels)"
+        )
+        save_nearest_grid(fixed[:32], to_unit(run.train.images), d / "nearest_neighbours.png", title)
 
 
 @main_guard
@@ -201,8 +263,11 @@ def main(argv=None):
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights
     gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
-                        cfg.classifier_weight, cfg.generator_class_weight)  # fmt: skip
+                        cfg.classifier_weight, cfg.generator_class_weight, cfg.r2_gamma,
+                        cfg.augmentations)  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
+    if cfg.augmentations:
+        noise["aug"] = (2, DRAWS)  # DiffAugment's draws: real, fake
     loader = run.loader(noise, batches=cfg.n_disc)
     steps = cfg.epochs * loader.steps_per_epoch  # generator updates; D takes n_disc per step
 
@@ -212,7 +277,7 @@ def main(argv=None):
     g_lr = rate(cfg.lr, steps)
     g_opt = engine.adam(g_lr, b1=cfg.b1, b2=cfg.b2)
     d_opt = engine.adam(rate(cfg.d_lr or cfg.lr, steps * cfg.n_disc), b1=cfg.b1, b2=cfg.b2)
-    lazy = cfg.r1_every if cfg.r1_gamma > 0 else 1
+    lazy = cfg.r1_every if cfg.r1_gamma > 0 or cfg.r2_gamma > 0 else 1
     step = engine.make_gan_step(*gan, g_opt, d_opt, run.options, n_disc=cfg.n_disc, ema_decay=cfg.ema_decay,
                                 reg_every=lazy)  # fmt: skip
     if cfg.dataset in CLASSIFIED:  # the project's classifier: FID, IS, precision, recall against test
@@ -220,15 +285,29 @@ def main(argv=None):
     else:  # an image folder: the multi-scale SWD against its held-out images, with its floor
         reference = SWDReference(run.test, run.train, TEST_SEED)
 
-    def score(state, n: int, recall: bool) -> dict[str, float]:
-        """Scores of n EMA-generator images (fixed z), sharded over torchrun's ranks."""
-        return reference.score_generator(ema_sampler(gan, state, cfg), n, TEST_SEED, recall, run.world)
+    def score(state, n: int, recall: bool, quick: bool = False) -> dict[str, float]:
+        """Scores of n EMA-generator images (fixed z), sharded over torchrun's ranks; quick: a folder's
+        probe protocol (SWD on fewer descriptors, against a floor measured alike)."""
+        extra = {"quick": quick} if isinstance(reference, SWDReference) else {}
+        sampler = ema_sampler(gan, state, cfg)
+        return reference.score_generator(sampler, n, TEST_SEED, recall, run.world, **extra)
 
     def probe(state) -> dict[str, float]:
-        return {k: v for k, v in score(state, cfg.probe_samples, True).items() if k != "is_std"}
+        scores = {k: v for k, v in score(state, cfg.probe_samples, True, quick=True).items() if k != "is_std"}
+        warn_collapse(scores, int(state.step))
+        return scores
 
-    # after each epoch: a quick score on --probe-samples images (the full one is the final's)
-    evaluate = Evaluator(lambda s: score(s, cfg.probe_samples, False) if cfg.eval_samples else {})
+    # after each epoch (a folder's short epochs: every few, PLOT_STEPS apart): a quick score on
+    # --probe-samples images (the full one is the final's), the grids and curves
+    every = max(1, math.ceil(PLOT_STEPS / loader.steps_per_epoch))
+
+    def due(state) -> bool:
+        epoch = int(state.step) // loader.steps_per_epoch
+        return epoch % every == 0 or epoch >= cfg.epochs
+
+    evaluate = Evaluator(
+        lambda s: score(s, cfg.probe_samples, False, quick=True) if cfg.eval_samples and due(s) else {}
+    )
     state = train(
         run,
         step,
@@ -236,7 +315,7 @@ def main(argv=None):
         loader,
         evaluate,
         lr=g_lr,
-        on_epoch_end=lambda s, _: save_plots(run, ema_sampler(gan, s, cfg), reference),
+        on_epoch_end=lambda s, _: due(s) and save_plots(run, ema_sampler(gan, s, cfg), reference),
         log_every=10 if run.device.type == "cpu" else 100,  # a sync point: rarer on a GPU
         summary=("train_d_loss", "train_g_loss", "test_fid", "test_is", "test_swd"),
         probe=probe,

@@ -23,6 +23,17 @@ def image_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], list[int]]:
+    """Class names (the sorted first-level subfolders, torchvision's ImageFolder convention) and
+    each file's label; ([], all 0) unless every file sits in one of at least two subfolders."""
+    tops = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in files]
+    names = sorted({t for t in tops if t is not None})
+    if None in tops or len(names) < 2:
+        return [], [0] * len(files)
+    index = {n: i for i, n in enumerate(names)}
+    return names, [index[t] for t in tops]
+
+
 def _decode(path: Path, channels: int) -> torch.Tensor:
     """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...)."""
     try:
@@ -61,7 +72,8 @@ def _pixels(path: Path) -> int:
 def load_image_folder(
     path, size: int, channels: int = 3, device="cpu", max_pixels: int = MAX_PIXELS
 ) -> Dataset:
-    """Every readable image under `path` as uint8 (N, C, size, size) on `device`, labels all zero.
+    """Every readable image under `path` as uint8 (N, C, size, size) on `device`; labels: the index
+    of the image's first-level subfolder among the sorted subfolders (folder_classes), else 0.
 
     Files that fail to decode, and images over max_pixels (told by their header, never decoded), are
     skipped with one warning naming them; a folder with nothing readable in it raises DataError.
@@ -75,8 +87,10 @@ def load_image_folder(
         what = "does not exist" if not root.exists() else "is not a folder"
         raise DataError(f"image folder {root} {what}")
     files = image_files(root)
-    images, skipped, large = [], [], []
-    for file in bar(files, desc=f"decoding {root.name}", unit="img", enabled=len(files) > PROGRESS_OVER):
+    _, classes = folder_classes(root, files)
+    images, labels, skipped, large = [], [], [], []
+    shown = bar(files, desc=f"decoding {root.name}", unit="img", enabled=len(files) > PROGRESS_OVER)
+    for file, label in zip(shown, classes):
         name = file.relative_to(root).as_posix()
         try:
             if _pixels(file) > max_pixels:
@@ -87,6 +101,7 @@ def load_image_folder(
             skipped.append(name)
             continue
         images.append(_fit(image, size))
+        labels.append(label)
     if not images:
         found = f"{len(files)} image file(s), none readable" if files else "no image files"
         raise DataError(f"{found} under {root} (looked for {', '.join(EXTENSIONS)})")
@@ -98,4 +113,4 @@ def load_image_folder(
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             warnings.warn(f"skipped {len(names)} {what} under {root}: {shown}", stacklevel=2)
     stacked = torch.stack(images).to(device)  # (N, C, size, size) uint8
-    return Dataset(stacked, torch.zeros(len(stacked), dtype=torch.int64, device=device))
+    return Dataset(stacked, torch.tensor(labels, dtype=torch.int64, device=device))

@@ -145,7 +145,8 @@ def stack_history(history: list[dict]) -> dict[str, torch.Tensor]:
 def _check_saved_config(meta_config: dict, config: dict | None, path: Path, resumable) -> None:
     """A checkpoint from a run with other structural settings is refused before anything changes."""
     for key, value in (config or {}).items():
-        if key in meta_config and key not in resumable and meta_config[key] != value:
+        listed = list(value) if isinstance(value, tuple) else value  # a tuple field reads back as a list
+        if key in meta_config and key not in resumable and meta_config[key] != listed:
             raise CheckpointError(
                 f"{path} was written with {key}={meta_config[key]!r}, but this run has {key}={value!r} "
                 "(checkpoint copied from another run, or config.json edited?)"

@@ -1,5 +1,5 @@
 """GAN objectives on discriminator logits (non-saturating, hinge, least-squares, WGAN-GP, relativistic
-pairing) and the zero-centred R1 gradient penalty."""
+pairing), the zero-centred R1 and R2 gradient penalties, and DiffAugment on what D sees."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import Aux, call_module
+from losses.augment import diff_augment
 
 GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp", "relativistic")
 
@@ -110,7 +111,8 @@ def gradient_penalty(critic, real, fake, u):
 def r1_penalty(disc, real):
     """Mescheder et al. (2018): E ||grad_x D(x)||^2 at real x, the zero-centred penalty that makes
     the non-saturating GAN converge locally. Through torch.func.grad, so the outer gradient with
-    respect to the discriminator's parameters sees it (a double backward inside the one step)."""
+    respect to the discriminator's parameters sees it (a double backward inside the one step).
+    At generated images instead of real ones it is R2 (R3GAN, Huang et al. 2024, uses both)."""
     grads = torch.func.grad(lambda x: _wide(disc(x)).sum())(real)
     return _wide(grads).flatten(1).square().sum(1).mean()
 
@@ -152,6 +154,8 @@ def make_gan_loss(
     mode_seeking_weight: float = 0.0,
     class_weight: float = 0.0,
     gen_class_weight: float | None = None,
+    r2_gamma: float = 0.0,
+    augment: tuple[str, ...] = (),
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -167,6 +171,11 @@ def make_gan_loss(
     labels: real ones only, so it never learns the classes of bad fakes), and the generator is
     pushed to make images that classifier puts in the class they were asked for, with weight
     gen_class_weight (None: class_weight; 0: D still learns the classes, G is not pushed by them).
+
+    r2_gamma > 0: gamma / 2 * R2, the same penalty at the (detached) generated images, on the same
+    images and steps as R1. augment (names from losses.augment.AUGMENTS): every image D sees, real
+    and generated, in both players' losses, goes through diff_augment with the batch's draws
+    batch["aug"] (B, 2, DRAWS) standard normal: [:, 0] for the real images, [:, 1] for the fakes.
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
@@ -176,8 +185,15 @@ def make_gan_loss(
     def generate(params, buffers, z, y=None):
         return call_module(gen, params, buffers, z, y)
 
+    def seen(images, batch, which: int):
+        """What D sees of `images`: augmented with the batch's draws (real: 0, fake: 1), or as they are."""
+        if not augment:
+            return images
+        return diff_augment(images, uniform_from_normal(batch["aug"][:, which]), augment)
+
     def disc_loss(params, buffers, batch):
-        real, fake, y = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype), batch.get("y")
+        x, fake, y = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype), batch.get("y")
+        real, fake = seen(x, batch, 0), seen(fake, batch, 1)
         # real and fake in separate passes: a BatchNorm discriminator normalises each batch on its own
         if class_weight > 0:
             (real_logits, classes), buffers = call_module(disc, params, buffers, real, y, classify=True)
@@ -196,26 +212,30 @@ def make_gan_loss(
             loss = loss + gp_weight * gp
             metrics.update(d_loss=loss.detach(), gp=gp.detach())
         every = batch.get("regularize", 1)  # lazy R1 (engine.make_gan_step's reg_every): 0 on most steps
-        if r1_gamma > 0 and every:
-            n = r1_batch or len(real)
-            y_n = None if y is None else y[:n]
-            r1 = r1_penalty(lambda x: call_module(disc, params, buffers, x, y_n)[0], real[:n])
-            loss = loss + every * r1_gamma / 2 * r1
-            metrics.update(d_loss=loss.detach(), r1=r1.detach())
-        elif r1_gamma > 0:  # not measured on this step: nan, which the loop's averages leave out
-            metrics["r1"] = torch.full((), math.nan, device=loss.device)
+        for name, gamma, images in (("r1", r1_gamma, real), ("r2", r2_gamma, fake)):
+            if gamma > 0 and every:
+                n = r1_batch or len(images)
+                y_n = None if y is None else y[:n]
+                critic = lambda x, y_n=y_n: call_module(disc, params, buffers, x, y_n)[0]  # noqa: E731
+                penalty = r1_penalty(critic, images[:n])
+                loss = loss + every * gamma / 2 * penalty
+                metrics.update({"d_loss": loss.detach(), name: penalty.detach()})
+            elif gamma > 0:  # not measured on this step: nan, which the loop's averages leave out
+                metrics[name] = torch.full((), math.nan, device=loss.device)
         return loss, Aux(metrics, buffers)
 
     def gen_loss(params, buffers, batch):
         y = batch.get("y")
         fake, buffers = call_module(gen, params, buffers, batch["z"], y)
         d_params, d_buffers = batch["disc_params"], batch["disc_buffers"]
+        shown = seen(fake, batch, 1)
         if class_weight > 0:
-            (logits, classes), _ = call_module(disc, d_params, d_buffers, fake, y, classify=True)
+            (logits, classes), _ = call_module(disc, d_params, d_buffers, shown, y, classify=True)
         else:
-            logits, _ = call_module(disc, d_params, d_buffers, fake, y)
+            logits, _ = call_module(disc, d_params, d_buffers, shown, y)
         if kind in PAIRED:
-            real_logits, _ = call_module(disc, d_params, d_buffers, to_signed(batch["x"]), y)
+            real = seen(to_signed(batch["x"]), batch, 0)
+            real_logits, _ = call_module(disc, d_params, d_buffers, real, y)
             loss, metrics = g_fn(logits.float(), real_logits.float().detach())
         else:
             loss, metrics = g_fn(logits.float())

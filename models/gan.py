@@ -1,4 +1,5 @@
-"""GAN networks: DCGAN generator/discriminator for 28x28 grey and 64x64 RGB images, and an MLP GAN."""
+"""GAN networks: DCGAN generator/discriminator for 28x28 grey and 64x64 RGB images, a residual pair for
+64x64 (no normalisation in its discriminator), and an MLP GAN."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-GAN_ARCHS = ("dcgan", "mlp")
+GAN_ARCHS = ("dcgan", "resnet", "mlp")
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -129,6 +130,67 @@ def dcgan64(latent_dim: int, channels=3, width=64, norm=True) -> tuple[nn.Sequen
     return gen, disc
 
 
+class UpBlock(nn.Module):
+    """BigGAN's generator block without its conditioning: BN, ReLU, 2x nearest upsampling, 3x3 conv,
+    BN, ReLU, 3x3 conv, plus the upsampled input through a 1x1 conv."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.BatchNorm2d(c_in), nn.ReLU(), nn.Upsample(scale_factor=2.0),
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1),
+        )  # fmt: skip
+        self.skip = nn.Sequential(nn.Upsample(scale_factor=2.0), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x):
+        return self.main(x) + self.skip(x)
+
+
+class DownBlock(nn.Module):
+    """A discriminator block with no normalisation (a penalty is per image): [LeakyReLU,] 3x3 conv,
+    LeakyReLU, 3x3 conv, 2x2 average pooling, plus the pooled input through a 1x1 conv; the first
+    block skips the leading activation (it would clip the image)."""
+
+    def __init__(self, c_in: int, c_out: int, first: bool = False):
+        super().__init__()
+        self.main = nn.Sequential(
+            *([] if first else [nn.LeakyReLU(0.2)]),
+            nn.Conv2d(c_in, c_out, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(c_out, c_out, 3, 1, 1),
+            nn.AvgPool2d(2),
+        )  # fmt: skip
+        self.skip = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x):
+        return self.main(x) + self.skip(x)
+
+
+class SumPool(nn.Module):
+    """(B, C, H, W) -> (B, C): the sum over positions (SN-GAN's and BigGAN's discriminator head)."""
+
+    def forward(self, x):
+        return x.sum((2, 3))
+
+
+def resnet64(latent_dim: int, channels=3, width=32) -> tuple[nn.Sequential, nn.Sequential]:
+    """64x64 residual pair (SN-GAN / BigGAN layout): z -> 4x4x8W -> four UpBlocks -> 64x64xC, and
+    64x64 -> four DownBlocks -> 4x4x8W -> ReLU, sum over positions -> linear logit."""
+    mults = (8, 8, 4, 2, 1)
+    gen = nn.Sequential(
+        nn.Linear(latent_dim, 16 * mults[0] * width),
+        nn.Unflatten(1, (mults[0] * width, 4, 4)),  # (B, 8W, 4, 4)
+        *(UpBlock(a * width, b * width) for a, b in zip(mults, mults[1:])),  # (B, W, 64, 64)
+        nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh(),
+    )  # fmt: skip
+    downs = (1, 2, 4, 8)
+    disc = nn.Sequential(
+        DownBlock(channels, width, first=True),  # (B, W, 32, 32)
+        *(DownBlock(a * width, b * width) for a, b in zip(downs, downs[1:])),  # (B, 8W, 4, 4)
+        nn.LeakyReLU(0.2), SumPool(), nn.Linear(8 * width, 1),
+    )  # fmt: skip
+    return gen, disc
+
+
 def mlp_gan(latent_dim: int, image_shape, width: int = 256) -> tuple[nn.Sequential, nn.Sequential]:
     """The smallest case: z -> W -> 2W -> pixels, and pixels -> 2W -> W -> logit."""
     pixels = math.prod(image_shape)
@@ -174,8 +236,12 @@ def build_gan(
         nets = lambda width: dcgan28(inputs, c, width, disc_norm)  # noqa: E731
     elif arch == "dcgan" and h == w == 64:
         nets = lambda width: dcgan64(inputs, c, width, disc_norm)  # noqa: E731
+    elif arch == "resnet" and h == w == 64:
+        nets = lambda width: resnet64(inputs, c, width)  # noqa: E731
     else:
-        raise ValueError(f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, mlp any size")
+        raise ValueError(
+            f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, resnet 64x64, mlp any size"
+        )
     gen, disc = nets(width)
     if disc_width and disc_width != width:
         with torch.random.fork_rng(devices=[]):  # dcgan_init below draws every weight: G's as before

@@ -1,0 +1,212 @@
+"""The recipe for small colourful folders: DiffAugment against direct pixel arithmetic, R2 against
+autograd, the residual networks, labelled subfolders, the diversity score and its collapse warning,
+and the folder builders (Debian's emoji font and wallpapers where installed)."""
+
+import math
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from evaluation import swd
+from experiments import folders
+from experiments.gan import BUILT_IN, FOLDER, GANConfig, warn_collapse
+from harness.imagefolder import load_image_folder
+from losses import augment as A
+from losses import gan as G
+from models import build_gan
+
+
+def _images(n=4, seed=0, c=3, size=16):
+    return (
+        torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+        - 1
+    )
+
+
+def test_translation_shifts_whole_pixels_and_fills_zeros():
+    x = _images()
+    sy = int(16 * A.TRANSLATE + 0.5)  # 2: shifts in -2 .. 2
+    # u picks the pad offset k in 0 .. 2 sy; the image moves by sy - k pixels
+    offsets = torch.tensor([[0, 4], [2, 2], [4, 1], [1, 3]])
+    u = (offsets.double() + 0.5) / (2 * sy + 1)
+    out = A.translation(x, u)
+    for i, (ky, kx) in enumerate(offsets.tolist()):
+        dy, dx = sy - ky, sy - kx  # content moves down by dy, right by dx
+        expected = torch.zeros_like(x[i])
+        src = x[i][:, max(0, -dy) : 16 - max(0, dy), max(0, -dx) : 16 - max(0, dx)]
+        expected[:, max(0, dy) : 16 - max(0, -dy), max(0, dx) : 16 - max(0, -dx)] = src
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=0)
+
+
+def test_cutout_zeroes_one_half_side_square_clipped_at_the_border():
+    x = torch.ones(2, 3, 16, 16, dtype=torch.float64)
+    # centres: (8, 8) inside; (0, 15) at a corner, so a quarter of the square is cut
+    u = torch.tensor([[8.5 / 17, 8.5 / 17], [0.5 / 17, 15.5 / 17]], dtype=torch.float64)
+    out = A.cutout(x, u)
+    assert int((out[0] == 0).sum()) == 3 * 8 * 8 and bool((out[0, :, 4:12, 4:12] == 0).all())
+    assert int((out[1] == 0).sum()) == 3 * 4 * 5 and bool((out[1, :, 0:4, 11:16] == 0).all())
+
+
+def test_color_is_brightness_then_saturation_then_contrast():
+    x, u = _images(), torch.tensor([[0.9, 0.25, 0.1]] * 4, dtype=torch.float64)
+    out = A.color(x, u)
+    y = x + 0.4
+    y = (y - y.mean(1, keepdim=True)) * 0.5 + y.mean(1, keepdim=True)
+    y = (y - y.mean((1, 2, 3), keepdim=True)) * 0.6 + y.mean((1, 2, 3), keepdim=True)
+    torch.testing.assert_close(out, y)
+
+
+def test_diff_augment_is_differentiable_and_checks_its_policy():
+    x = _images(2, size=8).requires_grad_(True)
+    u = torch.rand(2, A.DRAWS, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: A.diff_augment(t, u), (x,))
+    assert A.diff_augment(x, u, ()) is x
+    with pytest.raises(ValueError, match="flip"):
+        A.diff_augment(x, u, ("color", "flip"))
+
+
+def test_r2_penalty_and_augmentation_in_the_discriminator_loss():
+    """disc_loss with augment and R2 = the plain loss on augmented images + gamma/2 E|grad D(fake)|^2
+    (autograd's double-backward-free reference), with the batch's draws [:, 0] real, [:, 1] fake."""
+    torch.manual_seed(0)
+    gen, disc = build_gan("resnet", (3, 64, 64), 8, 4, False)
+    gen, disc = gen.double(), disc.double()
+    gan = G.make_gan_loss(gen, disc, "nonsaturating", r1_gamma=0.0, r2_gamma=2.0, augment=A.AUGMENTS)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 64, 64, generator=g, dtype=torch.float64)
+    fake = torch.rand(4, 3, 64, 64, generator=g, dtype=torch.float64) * 2 - 1
+    aug = torch.randn(4, 2, A.DRAWS, generator=g, dtype=torch.float64)
+    params = {k: v.detach() for k, v in disc.named_parameters()}
+    buffers = dict(disc.named_buffers())
+    loss, aux = gan.disc_loss(
+        params, buffers, {"x": x, "y": torch.zeros(4, dtype=torch.long), "fake": fake, "aug": aug}
+    )
+    real_seen = A.diff_augment(x * 2 - 1, G.uniform_from_normal(aug[:, 0]))
+    fake_seen = A.diff_augment(fake, G.uniform_from_normal(aug[:, 1])).requires_grad_(True)
+    plain = (
+        torch.nn.functional.softplus(-disc(real_seen)).mean()
+        + torch.nn.functional.softplus(disc(fake_seen)).mean()
+    )
+    (grad,) = torch.autograd.grad(disc(fake_seen).sum(), fake_seen)
+    r2 = grad.flatten(1).square().sum(1).mean()
+    assert float(aux.metrics["r2"]) == pytest.approx(float(r2), rel=1e-9)
+    # the logits' loss is taken in float32 (as under autocast); gamma / 2 = 1
+    assert float(loss) == pytest.approx(float((plain + r2).detach()), rel=1e-6)
+
+
+def test_resnet_pair_is_64px_rgb_with_no_normalisation_in_the_discriminator():
+    gen, disc = build_gan("resnet", (3, 64, 64), 16, 8, disc_norm=True)  # disc_norm is dcgan's alone
+    with torch.no_grad():
+        images = gen(torch.randn(5, 16))
+    assert images.shape == (5, 3, 64, 64) and float(images.abs().max()) <= 1
+    assert disc(images).shape == (5,)
+    kinds = {type(m).__name__ for m in disc.modules()}
+    assert not any("Norm" in k for k in kinds) and "BatchNorm2d" in {type(m).__name__ for m in gen.modules()}
+    cond = build_gan("resnet", (3, 64, 64), 16, 8, classes=4, classify=True)[1]
+    logit, classes = cond(images, torch.arange(5) % 4, classify=True)
+    assert logit.shape == (5,) and classes.shape == (5, 4)
+    with pytest.raises(ValueError, match="resnet 64x64"):
+        build_gan("resnet", (1, 28, 28))
+
+
+def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():
+    folder = GANConfig(image_folder="x")
+    assert (folder.dataset, folder.arch, folder.r2_gamma, folder.augment) == (
+        "imagefolder", FOLDER["arch"], FOLDER["r2_gamma"], FOLDER["augment"])  # fmt: skip
+    digits = GANConfig()
+    assert (digits.dataset, digits.arch, digits.r2_gamma, digits.augmentations) == ("mnist", "dcgan", 0.0, ())
+    assert BUILT_IN["augment"] == ("none",)
+    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0)
+    assert (mine.arch, mine.augmentations, mine.r2_gamma) == ("dcgan", ("translation",), 0.0)
+
+
+def test_subfolders_are_labels_in_sorted_order(tmp_path):
+    for name, n in (("b-cats", 2), ("a-dogs", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            write_png(torch.full((3, 8, 8), 40 * i, dtype=torch.uint8), str(tmp_path / name / f"{i}.png"))
+    data = load_image_folder(tmp_path, 8)
+    assert data.labels.tolist() == [0, 0, 0, 1, 1]  # a-dogs first
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(tmp_path / "loose.png"))
+    assert load_image_folder(tmp_path, 8).labels.tolist() == [0] * 6  # a file outside: unlabelled
+
+
+def test_diversity_is_zero_for_copies_and_about_root_two_for_independent_images():
+    real = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scales = swd.level_scales(real)
+    assert swd.diversity(real[:1].expand(30, -1, -1, -1), scales) == pytest.approx(0, abs=1e-3)  # cdist's fp32 matmul
+    own = swd.diversity(real, scales)
+    assert own == pytest.approx(math.sqrt(2), rel=0.05)  # noise: the levels are independent per image
+    assert swd.diversity(real * 0.3 + 0.35, scales) == pytest.approx(0.3 * own, rel=1e-4)
+
+
+def test_a_collapsed_probe_is_said_in_one_line(capsys):
+    warn_collapse({"diversity": 0.6, "diversity_real": 1.0}, 500)
+    assert capsys.readouterr().out == ""
+    warn_collapse({"diversity": 0.4, "diversity_real": 1.0}, 1500)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "mode collapse at step 1,500" in out and "0.400" in out
+
+
+def test_emoji_groups_come_from_the_file_and_skip_components(tmp_path):
+    text = (
+        "# group: Smileys & Emotion\n1F600 ; fully-qualified # x\n263A ; unqualified # y\n"
+        "# group: Component\n1F3FB ; component # z\n1F9B0 ; fully-qualified # w\n"
+        "# group: Flags\n1F1FA 1F1F8 ; fully-qualified # us\n"
+    )
+    (tmp_path / "emoji-test.txt").write_text(text, encoding="utf-8")
+    got = folders.emoji_groups(tmp_path / "emoji-test.txt")
+    assert got == [("\U0001f600", "Smileys & Emotion"), ("\U0001f1fa\U0001f1f8", "Flags")]
+    assert folders.slug("Smileys & Emotion") == "smileys-emotion"
+
+
+@pytest.mark.skipif(not folders.EMOJI_FONT.is_file(), reason="fonts-noto-color-emoji is not installed")
+def test_emoji_are_drawn_in_colour_on_white():
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(str(folders.EMOJI_FONT), folders.EMOJI_SIZE)
+    face = folders.draw_emoji("\U0001f600", font, 64)  # grinning face: yellow
+    assert face.shape == (3, 64, 64) and face.dtype == torch.uint8
+    assert face[:, 0, 0].tolist() == [255, 255, 255]  # a white corner
+    r, g, b = face[:, 32, 20].tolist()
+    assert r > 200 and g > 150 and b < 100  # yellow skin
+    flag = folders.draw_emoji("\U0001f1fa\U0001f1f8", font, 64)  # one ligature glyph, not two letters
+    assert flag is not None
+
+
+@pytest.mark.skipif(not folders.wallpapers(), reason="gnome-backgrounds / mate-backgrounds are not installed")
+def test_abstract_crops_come_from_the_opaque_wallpapers(tmp_path):
+    names = [p.name for p in folders.wallpapers()]
+    assert not any(folders.DUPLICATE.search(n.rsplit(".", 1)[0]) for n in names)
+    assert folders.build_abstract(tmp_path, 32, 12, seed=0) == 12
+    data = load_image_folder(tmp_path, 32)
+    assert data.images.shape == (12, 3, 32, 32)
+    assert float(data.images.float().std()) > 10  # colours, not a blank canvas
+
+
+def _write_folder(path, images):
+    path.mkdir()
+    for i, image in enumerate(images):
+        write_png((image * 255).round().to(torch.uint8), str(path / f"{i:03d}.png"))
+
+
+def test_eval_folders_scores_a_folder_against_another_beside_the_floor(tmp_path, capsys):
+    from experiments import eval_folders
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(48, 3, 1, 1, generator=g).expand(-1, -1, 32, 32) * 0.5  # flat colours
+    data = (data + 0.5 * torch.rand(48, 1, 32, 32, generator=g)).clamp(0, 1)  # and grain
+    _write_folder(tmp_path / "data", data)
+    _write_folder(tmp_path / "collapsed", data[:1].expand(24, -1, -1, -1))  # one image, 24 times
+    out = tmp_path / "out"
+    args = [str(tmp_path / "collapsed"), str(tmp_path / "data"), "--out", str(out), "--image-size", "32"]
+    result = eval_folders.main(args)
+    assert result["images"] == 24  # min(24, 48 // 2)
+    assert result["swd"]["swd"] > 2 * result["floor"]["swd"] > 0
+    assert result["diversity"]["a"] == pytest.approx(0, abs=1e-3) and result["diversity"]["b"] > 0.5
+    assert (out / "nearest_neighbours.png").exists() and "x the floor" in (out / "report.md").read_text()
+    assert "collapsed vs data" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        eval_folders.main([str(tmp_path / "nowhere"), str(tmp_path / "data")])
+    assert exit_info.value.code == 2
