@@ -62,14 +62,17 @@ def report(result: dict, names: tuple[str, str]) -> str:
     swd, floor = result["swd"], result["floor"]
     levels = [k for k in swd if k != "swd"]
     head = "| | " + " | ".join(levels) + " | SWD (mean) | diversity |"
+    ratio = f"{swd['swd']:.1f} ({swd['swd'] / floor['swd']:.2f}x the floor)"
+    cells = lambda r: " | ".join(f"{r[k]:.1f}" for k in levels)  # noqa: E731
     rows = [
-        f"| {names[0]} vs {names[1]} | " + " | ".join(f"{swd[k]:.1f}" for k in levels)
-        + f" | {swd['swd']:.1f} ({swd['swd'] / floor['swd']:.2f}x the floor) | {result['diversity']['a']:.3f} |",
-        f"| floor: half of {names[1]} vs the other | " + " | ".join(f"{floor[k]:.1f}" for k in levels)
-        + f" | {floor['swd']:.1f} | {result['diversity']['b']:.3f} |",
-    ]  # fmt: skip
+        f"| {names[0]} vs {names[1]} | {cells(swd)} | {ratio} | {result['diversity']['a']:.3f} |",
+        f"| floor: half of {names[1]} vs the other | {cells(floor)} | {floor['swd']:.1f} "
+        f"| {result['diversity']['b']:.3f} |",
+    ]
     sep = "|" + "---|" * (len(levels) + 3)
-    intro = f"SWD x 1e3 on {result['images']:,} images per side (lower is better); diversity: see docs/evaluation.md"
+    intro = (
+        f"SWD x 1e3 on {result['images']:,} images a side (lower is better); diversity: docs/evaluation.md"
+    )
     return "\n".join([intro, "", head, sep, *rows, ""])
 
 

@@ -47,8 +47,8 @@ from models.gan import GAN_ARCHS, build_gan
 CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
 # what the flags left at auto become: for an --image-folder run (small, colourful data, chosen by the
 # side-by-side trials in docs/gans.md) and for MNIST / Fashion-MNIST (the digits' recipe)
-FOLDER = {"arch": "resnet", "r2_gamma": 0.1, "augment": AUGMENTS}
-BUILT_IN = {"arch": "dcgan", "r2_gamma": 0.0, "augment": ("none",)}
+FOLDER = {"arch": "dcgan", "width": 32, "r2_gamma": 0.1, "augment": AUGMENTS}
+BUILT_IN = {"arch": "dcgan", "width": 64, "r2_gamma": 0.0, "augment": ("none",)}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class GANConfig(RunConfig):
     lr_decay: str = option("constant", "both players' rates: constant or cosine (0 at the end)", LR_DECAYS)
     arch: str = option(
         "auto",
-        "networks: dcgan (28x28 or 64x64), resnet (64x64) or mlp; auto: resnet for folders, else dcgan",
+        "networks: dcgan (28x28 or 64x64), resnet (64x64) or mlp; auto: dcgan",
         ("auto", *GAN_ARCHS),
     )
     loss: str = option("nonsaturating", "GAN objective, on logits", GAN_LOSSES)
@@ -96,7 +96,10 @@ class GANConfig(RunConfig):
     class_weight: float = option(1.0, "--conditional: weight of ACGAN's auxiliary classifier loss (0: none)")
     g_class_weight: float = option(-1.0, "the classifier term's weight in G's loss (-1: --class-weight)")
     latent_dim: int = option(100, "size of the generator's input z")
-    width: int = option(64, "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width")
+    width: int = option(
+        0,
+        "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width; 0: 32 for folders, else 64",
+    )
     disc_width: int = option(0, "the discriminator's own --width (0: --width): a wider D, the same G")
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
     b1: float = option(0.0, "Adam beta1 of both players (StyleGAN2: 0; DCGAN: 0.5)")
@@ -123,6 +126,7 @@ class GANConfig(RunConfig):
             "arch": auto["arch"] if self.arch == "auto" else self.arch,
             "r2_gamma": auto["r2_gamma"] if self.r2_gamma == -1 else self.r2_gamma,
             "augment": auto["augment"] if self.augment == ("auto",) else self.augment,
+            "width": self.width or auto["width"],
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)

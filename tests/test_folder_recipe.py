@@ -112,10 +112,11 @@ def test_resnet_pair_is_64px_rgb_with_no_normalisation_in_the_discriminator():
 
 def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():
     folder = GANConfig(image_folder="x")
-    assert (folder.dataset, folder.arch, folder.r2_gamma, folder.augment) == (
-        "imagefolder", FOLDER["arch"], FOLDER["r2_gamma"], FOLDER["augment"])  # fmt: skip
+    assert (folder.dataset, folder.arch, folder.width, folder.r2_gamma, folder.augment) == (
+        "imagefolder", "dcgan", 32, FOLDER["r2_gamma"], FOLDER["augment"])  # fmt: skip
     digits = GANConfig()
-    assert (digits.dataset, digits.arch, digits.r2_gamma, digits.augmentations) == ("mnist", "dcgan", 0.0, ())
+    assert (digits.dataset, digits.arch, digits.width, digits.r2_gamma, digits.augmentations) == (
+        "mnist", "dcgan", 64, 0.0, ())  # fmt: skip
     assert BUILT_IN["augment"] == ("none",)
     mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0)
     assert (mine.arch, mine.augmentations, mine.r2_gamma) == ("dcgan", ("translation",), 0.0)
@@ -135,7 +136,9 @@ def test_subfolders_are_labels_in_sorted_order(tmp_path):
 def test_diversity_is_zero_for_copies_and_about_root_two_for_independent_images():
     real = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     scales = swd.level_scales(real)
-    assert swd.diversity(real[:1].expand(30, -1, -1, -1), scales) == pytest.approx(0, abs=1e-3)  # cdist's fp32 matmul
+    assert swd.diversity(real[:1].expand(30, -1, -1, -1), scales) == pytest.approx(
+        0, abs=1e-3
+    )  # cdist's fp32 matmul
     own = swd.diversity(real, scales)
     assert own == pytest.approx(math.sqrt(2), rel=0.05)  # noise: the levels are independent per image
     assert swd.diversity(real * 0.3 + 0.35, scales) == pytest.approx(0.3 * own, rel=1e-4)

@@ -213,15 +213,15 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
 
 
 def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, data_root):
-    """--image-folder alone: residual nets, DiffAugment of what D sees, R1 + R2 (lazy, every 4th step
-    here), compiled; interrupted and resumed in a new process, the same state bit for bit; every
+    """--image-folder alone (and --arch resnet): DiffAugment of what D sees, R1 + R2 (lazy, every
+    4th step here); interrupted and resumed in a new process, the same state bit for bit; every
     probe logs the samples' diversity beside the real images', and the grids include the nearest
     training image of each sample. (Eager: a compiled residual pair's double backward takes minutes
     to compile on 2 cores; the compiled GAN step's resume is tested on MNIST.)"""
     folder = _art(tmp_path / "art")
 
     def train(run, steps, resume=False):
-        args = ["--no-compile", "--no-progress", "--image-folder", folder, "--width", "4"]
+        args = ["--no-compile", "--no-progress", "--image-folder", folder, "--arch", "resnet", "--width", "4"]
         args += ["--batch-size", "8", "--epochs", "4", "--r1-every", "4", "--probe-every", "5"]
         args += ["--max-steps", steps, *(["--resume", run] if resume else ["--run-dir", run])]
         return run_cli("experiments.gan", args, data_root)
@@ -230,7 +230,7 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
     train(tmp_path / "split", 7)
     train(tmp_path / "split", 14, resume=True)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert (config["dataset"], config["arch"], config["r2_gamma"]) == ("imagefolder", "resnet", 0.1)
+    assert (config["dataset"], config["arch"], config["r2_gamma"]) == ("imagefolder", "dcgan", 0.1)
     assert config["augment"] == ["color", "translation", "cutout"]
     a, b = (load_file(str(tmp_path / r / "checkpoint.safetensors")) for r in ("straight", "split"))
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
