@@ -11,7 +11,7 @@ TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC)
 
 TB_PORT ?= 6006
 
-.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos data-emoji data-abstract train-gan-emoji train-gan-abstract eval-folders train-classifier compare-ae-vae compare-generators sweep-vae test lint bench bench-compare smoke-gpu clean-runs
+.PHONY: tensorboard explore test-browser setup train-ae train-vae train-gan train-ae-ddp train-vae-ddp train-gan-ddp eval eval-gan compare-gan-losses train-gan-photos data-emoji data-abstract train-gan-emoji train-gan-abstract eval-folders train-classifier train-classifier-emoji compare-ae-vae compare-generators sweep-vae test lint bench bench-compare smoke-gpu clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ eval-folders: setup  ## SWD (with its floor), diversity and a nearest-neighbour 
 train-classifier: setup  ## retrain the FID/IS feature classifiers committed in models/weights/
 	$(PY) -m experiments.classifier --dataset mnist --epochs 8 --target-accuracy 0.993 $(ARGS)
 	$(PY) -m experiments.classifier --dataset fashion-mnist --epochs 10 --target-accuracy 0.91 $(ARGS)
+
+train-classifier-emoji: data-emoji  ## retrain the emoji-group classifier behind the emoji folder's FID (models/weights/)
+	$(PY) -m experiments.classifier --dataset imagefolder --image-folder $(EMOJI) --width 16 --epochs 15 --batch-size 64 --max-shift 4 --lr 2e-3 --warmup 100 $(ARGS)
 
 eval: setup  ## evaluate a finished AE/VAE run and write RUN/report.md (make eval RUN=runs/...)
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [ARGS=--iwae-k 1000]"; exit 2; }

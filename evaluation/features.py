@@ -12,20 +12,41 @@ from harness.data import DATASETS, DataError
 from models.classifier import build_classifier, weights_path
 
 
+def classifier_meta(path) -> dict:
+    """The metadata a classifier file was exported with (experiments.classifier)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def folder_classifier(class_names: list[str]) -> str | None:
+    """The name of a shipped classifier trained on folders with exactly these subfolder classes
+    (e.g. the emoji groups of `make data-emoji`), or None."""
+    if not class_names:
+        return None
+    for path in sorted(weights_path("*").parent.glob("classifier-*.safetensors")):
+        meta = classifier_meta(path)
+        if meta.get("classes", "").split(",") == list(class_names):
+            return meta.get("dataset")
+    return None
+
+
 def load_classifier(dataset: str, device="cpu"):
-    """The trained feature classifier for `dataset` (mnist or fashion-mnist), in eval mode on `device`."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    """The trained feature classifier for `dataset` (mnist, fashion-mnist, or a labelled folder's
+    name such as emoji), in eval mode on `device`."""
     path = weights_path(dataset)
+    if dataset not in DATASETS and not path.exists():
+        raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     if not path.exists():
         raise CheckpointError(
             f"no classifier weights at {path}: run `make train-classifier` "
             f"(python -m experiments.classifier --dataset {dataset})"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            width = int((f.metadata() or {}).get("width", 32))
-        model = build_classifier(width)
+        meta = classifier_meta(path)
+        classes = len(meta["classes"].split(",")) if "classes" in meta else 10  # the digits' files: 10
+        model = build_classifier(
+            int(meta.get("width", 32)), classes=classes, channels=int(meta.get("channels", 1))
+        )
         model.load_state_dict(load_file(str(path)), strict=True)
     except Exception as e:  # unreadable file or a state_dict that does not fit the architecture
         raise CheckpointError(f"{path} is not a loadable classifier ({type(e).__name__}: {e})") from None
@@ -34,10 +55,12 @@ def load_classifier(dataset: str, device="cpu"):
 
 @torch.no_grad()
 def classifier_outputs(model, images: torch.Tensor, batch_size: int = 1000):
-    """(features (N, F) float32, logits (N, 10) float32), both on the CPU, for images (N, 1, 28, 28)
-    in [0, 1], run through `model` on its own device `batch_size` images at a time."""
-    if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"images must be (N, 1, 28, 28), got {tuple(images.shape)}")
+    """(features (N, F) float32, logits (N, classes) float32), both on the CPU, for images (N, C, H, W)
+    in [0, 1] (the shape the classifier was trained on), run through `model` on its own device
+    `batch_size` images at a time."""
+    channels = model.conv1.in_channels
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise ValueError(f"images must be (N, {channels}, H, W), got {tuple(images.shape)}")
     device = next(model.parameters()).device
     feats, logits = [], []
     for chunk in images.split(batch_size):

@@ -182,3 +182,37 @@ class SWDReference:
         """score() of as many images as the folder holds out, drawn with `seed` (n, recall and the
         ranks do not apply: the SWD runs whole on every rank)."""
         return self.score(sample_images(sampler, len(self), seed), quick)
+
+
+class LabelledFolderReference(SWDReference):
+    """A labelled folder with a shipped classifier trained on its classes (the emoji groups): the SWD
+    and diversity of SWDReference, and in that classifier's features against the held-out images
+    FID, IS, precision and recall, the FID floor (as many training images) and, in a full score,
+    the mode coverage over the classes."""
+
+    def __init__(self, held_out: Dataset, train: Dataset, seed: int, classifier: str, device="cpu"):
+        from evaluation.fidelity import RealReference
+
+        super().__init__(held_out, train, seed)
+        self.labelled, self.train, self.labels = (
+            RealReference(classifier, held_out, device),
+            train,
+            held_out.labels,
+        )
+
+    def score_generator(
+        self, sampler, n: int, seed: int, recall=True, world=None, quick: bool = False
+    ) -> dict:
+        from evaluation.fidelity import class_coverage
+        from harness.world import World
+
+        scores = super().score_generator(sampler, n, seed, quick=quick)
+        scores.update(self.labelled.score_generator(sampler, n, seed, recall, world or World()))
+        scores["fid_floor"] = self.labelled.floor_fid(self.train, n, seed)
+        if not quick:  # the classes the samples fall in, against the held-out images' own
+            _, logits = self.labelled.embed(sample_images(sampler, n, seed))
+            coverage = class_coverage(logits, self.labels, logits.shape[1])
+            shares = torch.tensor(coverage["class_shares"])
+            scores.update(class_kl=coverage["class_kl"], rarest_share=coverage["rarest_share"],
+                          classes_found=int((shares > 0).sum()), classes=len(shares))  # fmt: skip
+        return scores

@@ -13,13 +13,35 @@ from safetensors.torch import save_file
 
 import engine
 from evaluation.plots import plot_curves
-from harness import RunConfig, RunContext, finish, main_guard, open_run, option, read_metrics, train
+from harness import (
+    RunConfig,
+    RunContext,
+    UsageError,
+    finish,
+    main_guard,
+    open_run,
+    option,
+    read_metrics,
+    train,
+)
+from harness.config import DATASET_NAMES
+from harness.imagefolder import class_names
 from losses.classify import SHIFT_NOISE, make_classifier_loss
 from models.classifier import build_classifier, weights_path
 
 
 @dataclass(frozen=True)
 class ClassifierConfig(RunConfig):
+    dataset: str = option(
+        "mnist",
+        "data set (imagefolder: --image-folder, labelled by subfolder)",
+        (*DATASET_NAMES, "imagefolder"),
+    )
+    image_folder: str = option("", "imagefolder: a folder of class subfolders (e.g. make data-emoji's)")
+    image_size: int = option(64, "imagefolder: images resized and centre-cropped to this")
+    channels: int = option(3, "imagefolder: 3 (RGB) or 1 (grey)", (1, 3))
+    max_pixels: int = option(40_000_000, "imagefolder: skip larger images unread (with a warning)")
+    name: str = option("", "imagefolder: the exported weights' name, classifier-NAME (default: the folder's)")
     epochs: int = option(8, "passes over the training set")
     width: int = option(32, "channels of the first conv stage (the second has twice as many)")
     weight_decay: float = option(0.01, "decoupled (AdamW) weight decay")
@@ -37,20 +59,32 @@ class ClassifierConfig(RunConfig):
     def tag(self) -> str:
         return "cnn"
 
+    @property
+    def weights_name(self) -> str:
+        """classifier-<this>.safetensors: the data set, or the folder's name."""
+        if self.dataset != "imagefolder":
+            return self.dataset
+        return self.name or Path(self.image_folder.rstrip("/")).name
+
 
 def export_weights(run: RunContext, state, accuracy: float, argv) -> Path:
     """The trained weights as a plain state_dict, with how they were made in the metadata."""
     cfg = run.config
-    path = weights_path(cfg.dataset)
+    path = weights_path(cfg.weights_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.params.items()}
     meta = {
         "format": "weights",
         "command": shlex.join(["python", "-m", "experiments.classifier", *argv]),
-        "dataset": cfg.dataset,
+        "dataset": cfg.weights_name,
         "width": str(cfg.width),
         "max_shift": str(cfg.max_shift),
         "test_accuracy": f"{accuracy:.4f}",
+        **(
+            {"classes": ",".join(class_names(cfg.image_folder)), "channels": str(cfg.channels)}
+            if cfg.dataset == "imagefolder"
+            else {}
+        ),  # fmt: skip
         "torch": torch.__version__,
     }
     engine.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -62,7 +96,13 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     run = open_run(ClassifierConfig, argv, "classifier")  # flags, run directory, device, data
     cfg = run.config
-    model = build_classifier(cfg.width).to(run.device)
+    if cfg.dataset == "imagefolder":  # one class per subfolder; scored on the held-out tenth
+        names = class_names(cfg.image_folder)
+        if len(names) < 2:
+            raise UsageError(f"{cfg.image_folder} needs two or more class subfolders (and no loose images)")
+        model = build_classifier(cfg.width, classes=len(names), channels=cfg.channels).to(run.device)
+    else:
+        model = build_classifier(cfg.width).to(run.device)
     loss_fn = make_classifier_loss(model, cfg.max_shift)
     total = cfg.epochs * (len(run.train.images) // cfg.batch_size)
     schedule = engine.cosine(cfg.lr, min(total, cfg.max_steps or total), cfg.warmup)

@@ -15,11 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from evaluation.autoencoders import prior_samples
 from evaluation.cas import classification_accuracy_score, per_class_agreement, to_dataset
+from evaluation.features import folder_classifier
 from evaluation.fidelity import RealReference, class_coverage, label_agreement, random_subset
 from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows, save_nearest_grid
 from evaluation.quality import compare_features, inception_score
 from evaluation.sampling import sample_images
-from evaluation.swd import SWDReference
+from evaluation.swd import LabelledFolderReference, SWDReference
 from evaluation.trained import load_generator
 from harness import (
     TEST_SEED,
@@ -32,6 +33,7 @@ from harness import (
     resolve_device,
 )
 from harness.config import DATASET_NAMES, DeviceFlags
+from harness.imagefolder import class_names
 from harness.rundir import PROBES, read_metrics
 
 FIGURES = [  # (file written by training, caption)
@@ -61,7 +63,7 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
     cfg = SimpleNamespace(**saved)  # the GAN run's flags, as load_splits reads them
     train, test = load_splits(cfg, device)
     if cfg.dataset not in DATASET_NAMES:
-        return evaluate_folder(cfg, sampler, train, test)
+        return evaluate_folder(cfg, sampler, train, test, n)
     reference = RealReference(cfg.dataset, test, device)
     fake = sample_images(sampler, n, TEST_SEED)
     fake_feats, fake_logits = reference.embed(fake)
@@ -107,7 +109,7 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
     return result
 
 
-def evaluate_folder(cfg, sampler, train, test) -> dict:
+def evaluate_folder(cfg, sampler, train, test, n: int) -> dict:
     """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
     those held-out images, beside the floor (as many training images against them)."""
     reference = SWDReference(test, train, TEST_SEED)
@@ -119,8 +121,25 @@ def evaluate_folder(cfg, sampler, train, test) -> dict:
         f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
         "training images (the floor)": {**reference.floor(), "diversity": reference.copies_diversity()},
     }
-    return {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
-            "diversity_real": real}  # fmt: skip
+    result = {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
+              "diversity_real": real}  # fmt: skip
+    name = folder_classifier(class_names(cfg.image_folder))
+    if name:  # a labelled folder with a shipped classifier of its classes: scores in its features
+        labelled = LabelledFolderReference(test, train, TEST_SEED, name, sampler.device)
+        scores = labelled.score_generator(sampler, n, TEST_SEED)
+        keys = (
+            "fid",
+            "fid_floor",
+            "is",
+            "precision",
+            "recall",
+            "class_kl",
+            "rarest_share",
+            "classes_found",
+            "classes",
+        )
+        result["classified"] = {"classifier": name, "samples": n, **{k: scores[k] for k in keys}}
+    return result
 
 
 def write_folder_report(run_dir: Path, result: dict) -> None:
@@ -141,6 +160,18 @@ def write_folder_report(run_dir: Path, result: dict) -> None:
     for name, r in rows.items():
         cells = " | ".join(f"{r[k]:.2f}" for k in levels)
         lines.append(f"| {name} | {r['swd']:.2f} | {cells} | {r['diversity']:.3f} |")
+    if "classified" in result:
+        c = result["classified"]
+        lines += [
+            "",
+            f"In the features of the `{c['classifier']}` classifier (trained on the folder's classes), "
+            f"{c['samples']:,} samples against the held-out images: FID **{c['fid']:.2f}** "
+            f"({c['fid'] / c['fid_floor']:.1f}x the floor {c['fid_floor']:.2f}, training images against "
+            "them), "
+            f"IS {c['is']:.2f}, precision {c['precision']:.3f}, recall {c['recall']:.3f}; "
+            f"{c['classes_found']} of {c['classes']} classes drawn, the rarest at "
+            f"{100 * c['rarest_share']:.1f}%, KL(generated || real) of the class shares {c['class_kl']:.3f}.",
+        ]
     lines += [""] + [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 

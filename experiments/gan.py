@@ -12,6 +12,7 @@ from torchvision.utils import save_image
 
 import engine
 from evaluation.explore import headline, write_gan_explorer
+from evaluation.features import folder_classifier
 from evaluation.fidelity import RealReference
 from evaluation.plots import (
     plot_curves,
@@ -22,7 +23,7 @@ from evaluation.plots import (
     save_nearest_grid,
 )
 from evaluation.sampling import Sampler, sample_images
-from evaluation.swd import SWDReference
+from evaluation.swd import LabelledFolderReference, SWDReference
 from harness import (
     TEST_SEED,
     Evaluator,
@@ -38,6 +39,7 @@ from harness import (
     train,
 )
 from harness.config import DATASET_NAMES, LR_DECAYS
+from harness.imagefolder import class_names
 from harness.progress import say
 from harness.rundir import PROBES, STEPS
 from losses.augment import AUGMENTS, DRAWS
@@ -224,7 +226,7 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     if any("test_swd" in r for r in records):
         plot_curves(records, [("SWD x 1e3 vs held-out images (lower is better)", "swd")], d / "swd.png", tag)
     probes = read_metrics(d, PROBES)
-    if probes and "fid" in probes[-1]:
+    if probes and isinstance(reference, RealReference):
         title = f"{tag}: EMA generator, {cfg.probe_samples:,} samples"
         floor = reference.floor_fid(run.train, cfg.probe_samples, TEST_SEED)  # at the probes' sample size
         plot_quality_vs_time({tag: probes}, d / "quality_vs_time.png", title, floor)
@@ -287,7 +289,12 @@ def main(argv=None):
     if cfg.dataset in CLASSIFIED:  # the project's classifier: FID, IS, precision, recall against test
         reference = RealReference(cfg.dataset, run.test, run.device)
     else:  # an image folder: the multi-scale SWD against its held-out images, with its floor
-        reference = SWDReference(run.test, run.train, TEST_SEED)
+        name = folder_classifier(class_names(cfg.image_folder))  # and a classifier of its classes, if shipped
+        reference = (
+            LabelledFolderReference(run.test, run.train, TEST_SEED, name, run.device)
+            if name
+            else SWDReference(run.test, run.train, TEST_SEED)
+        )
 
     def score(state, n: int, recall: bool, quick: bool = False) -> dict[str, float]:
         """Scores of n EMA-generator images (fixed z), sharded over torchrun's ranks; quick: a folder's

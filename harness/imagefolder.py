@@ -34,6 +34,12 @@ def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], list[int]]
     return names, [index[t] for t in tops]
 
 
+def class_names(root) -> list[str]:
+    """The class names of a folder of images (folder_classes): [] for an unlabelled folder."""
+    root = Path(root)
+    return folder_classes(root, image_files(root))[0]
+
+
 def _decode(path: Path, channels: int) -> torch.Tensor:
     """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...)."""
     try:

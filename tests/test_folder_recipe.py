@@ -189,7 +189,7 @@ def test_abstract_crops_come_from_the_opaque_wallpapers(tmp_path):
 
 
 def _write_folder(path, images):
-    path.mkdir()
+    path.mkdir(parents=True)
     for i, image in enumerate(images):
         write_png((image * 255).round().to(torch.uint8), str(path / f"{i:03d}.png"))
 
@@ -213,3 +213,65 @@ def test_eval_folders_scores_a_folder_against_another_beside_the_floor(tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         eval_folders.main([str(tmp_path / "nowhere"), str(tmp_path / "data")])
     assert exit_info.value.code == 2
+
+
+def test_a_labelled_folder_gets_its_own_classifier_and_a_gan_is_scored_in_its_features(tmp_path, monkeypatch):
+    """experiments.classifier on a folder of class subfolders (solid colours with grain, 32x32),
+    exported with its class names; folder_classifier finds it by those names, and a generator that
+    draws one class only scores a FID far above the floor, one class of three found."""
+    import models.classifier
+    from evaluation.features import folder_classifier
+    from evaluation.sampling import Sampler
+    from experiments import classifier
+    from harness import held_out_split
+    from harness.imagefolder import class_names
+
+    monkeypatch.setattr(models.classifier, "WEIGHTS_DIR", tmp_path / "weights")
+    g = torch.Generator().manual_seed(0)
+    colours = {"blue": (0.1, 0.2, 0.9), "green": (0.1, 0.8, 0.2), "red": (0.9, 0.1, 0.1)}
+    for name, rgb in colours.items():
+        base = torch.tensor(rgb).view(1, 3, 1, 1).expand(30, 3, 32, 32)
+        grain = 0.1 * torch.randn(30, 3, 32, 32, generator=g)
+        _write_folder(tmp_path / "colours" / name, (base + grain).clamp(0, 1))
+    args = ["--dataset", "imagefolder", "--image-folder", str(tmp_path / "colours"), "--image-size", "32"]
+    args += ["--epochs", "6", "--batch-size", "16", "--width", "8", "--warmup", "0", "--lr", "3e-3"]
+    args += ["--no-compile", "--no-progress"]
+    final = classifier.main([*args, "--run-dir", str(tmp_path / "run")])
+    assert final["accuracy"] == 1.0  # the 9 held-out images
+    names = class_names(tmp_path / "colours")
+    assert names == ["blue", "green", "red"] and folder_classifier(names) == "colours"
+    assert folder_classifier(["blue", "red"]) is None
+
+    data = load_image_folder(tmp_path / "colours", 32)
+    train, held_out = held_out_split(data)
+    red = torch.tensor([0.8, -0.8, -0.8]).view(1, 3, 1, 1)
+    weight = {"w": torch.zeros(())}
+    sampler = Sampler(lambda p, b, z, y=None: (red.expand(len(z), 3, 32, 32) + p["w"], b), weight, {}, 4)
+    reference = swd.LabelledFolderReference(held_out, train, 0, "colours")
+    scores = reference.score_generator(sampler, 40, seed=0)
+    assert (scores["classes"], scores["classes_found"], scores["rarest_share"]) == (3, 1, 0.0)
+    assert scores["fid"] > 10 * scores["fid_floor"] and scores["swd"] > scores["swd_floor"]
+    assert scores["diversity"] == pytest.approx(0, abs=1e-3) and "precision" in scores
+
+
+@pytest.mark.skipif(
+    not (folders.EMOJI_FONT.is_file() and folders.EMOJI_TEST.is_file()),
+    reason="fonts-noto-color-emoji / unicode-data are not installed (.ci/run installs them where it can)",
+)
+def test_the_shipped_emoji_group_classifier_reaches_its_accuracy_on_the_held_out_emoji(tmp_path):
+    """make data-emoji's folder, drawn afresh, split as a GAN run splits it: the committed classifier
+    of its nine groups classifies the held-out tenth as it did when exported."""
+    from evaluation.features import classifier_meta, classifier_outputs, folder_classifier, load_classifier
+    from harness import held_out_split
+    from harness.data import to_unit
+    from harness.imagefolder import class_names
+    from models.classifier import weights_path
+
+    assert folders.build_emoji(tmp_path / "emoji", 64) > 3000
+    names = class_names(tmp_path / "emoji")
+    assert len(names) == 9 and folder_classifier(names) == "emoji"
+    _, held_out = held_out_split(load_image_folder(tmp_path / "emoji", 64))
+    _, logits = classifier_outputs(load_classifier("emoji"), to_unit(held_out.images))
+    accuracy = float((logits.argmax(1) == held_out.labels).double().mean())
+    exported = float(classifier_meta(weights_path("emoji"))["test_accuracy"])
+    assert accuracy == pytest.approx(exported, abs=3 / len(held_out.labels)) and accuracy > 0.8
