@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import write_png
 
-from experiments.photo_crops import random_crops
+from experiments.photo_crops import new_folder, random_crops, write_crops
 from harness import Config, UsageError, main_guard, option, parse_config
 from harness.progress import bar
 
@@ -127,9 +127,7 @@ def build_abstract(out: Path, size: int, count: int, seed: int) -> int:
     used = [name for name, p in read.items() if p is not None and min(p.shape[1:]) >= MIN_SIDE]
     pictures = [read[name] for name in used]
     crops = random_crops(pictures, count, size, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, crop in enumerate(bar(crops, desc="writing crops", unit="img")):
-        write_png(crop, str(out / f"crop-{i:05d}.png"))
+    write_crops(crops, out)
     print(f"{len(used)} wallpapers: {', '.join(used)}")
     return len(crops)
 
@@ -150,9 +148,7 @@ class FoldersConfig(Config):
 @main_guard
 def main(argv=None):
     args, _ = parse_config(FoldersConfig, argv, "python -m experiments.folders", __doc__)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    out = new_folder(args.out)
     if args.kind == "emoji":
         n = build_emoji(out, args.size)
     else:

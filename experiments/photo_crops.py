@@ -44,6 +44,22 @@ def random_crops(photos: list[torch.Tensor], count: int, size: int, seed: int) -
     return out
 
 
+def new_folder(path) -> Path:
+    """path as a new (or empty) folder, created; a folder with files in it is refused in one line."""
+    out = Path(path)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_crops(crops: torch.Tensor, out: Path) -> None:
+    """uint8 images (N, 3, H, W) as out/crop-00000.png, ... (out created if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i, crop in enumerate(bar(crops, desc="writing crops", unit="img")):
+        write_png(crop, str(out / f"crop-{i:05d}.png"))
+
+
 @dataclass(frozen=True)
 class PhotoCropsConfig(Config):
     out: str = option(
@@ -61,13 +77,9 @@ class PhotoCropsConfig(Config):
 @main_guard
 def main(argv=None):
     args, _ = parse_config(PhotoCropsConfig, argv, "python -m experiments.photo_crops", __doc__)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_folder(args.out)
     crops = random_crops(sample_photos(), args.count, args.size, args.seed)
-    for i, crop in enumerate(bar(crops, desc="writing crops", unit="img")):
-        write_png(crop, str(out / f"crop-{i:05d}.png"))
+    write_crops(crops, out)
     print(f"wrote {len(crops)} crops of {args.size}x{args.size} into {out}")
 
 
