@@ -31,6 +31,7 @@ from harness import (
     option,
     parse_config,
     resolve_device,
+    to_unit,
 )
 from harness.config import DATASET_NAMES, DeviceFlags
 from harness.imagefolder import class_names
@@ -63,7 +64,7 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
     cfg = SimpleNamespace(**saved)  # the GAN run's flags, as load_splits reads them
     train, test = load_splits(cfg, device)
     if cfg.dataset not in DATASET_NAMES:
-        return evaluate_folder(cfg, sampler, train, test, n)
+        return evaluate_folder(cfg, sampler, train, test, n, run_dir)
     reference = RealReference(cfg.dataset, test, device)
     fake = sample_images(sampler, n, TEST_SEED)
     fake_feats, fake_logits = reference.embed(fake)
@@ -109,7 +110,7 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
     return result
 
 
-def evaluate_folder(cfg, sampler, train, test, n: int) -> dict:
+def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
     """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
     those held-out images, beside the floor (as many training images against them)."""
     reference = SWDReference(test, train, TEST_SEED)
@@ -121,6 +122,8 @@ def evaluate_folder(cfg, sampler, train, test, n: int) -> dict:
         f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
         "training images (the floor)": {**reference.floor(), "diversity": reference.copies_diversity()},
     }
+    title = f"{cfg.image_folder}: 32 samples, each over its nearest of {len(train.images):,} training images"
+    save_nearest_grid(fake[:32], to_unit(train.images), run_dir / "nearest_neighbours.png", title)
     result = {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
               "diversity_real": real}  # fmt: skip
     name = folder_classifier(class_names(cfg.image_folder))
@@ -173,6 +176,7 @@ def write_folder_report(run_dir: Path, result: dict) -> None:
             f"{100 * c['rarest_share']:.1f}%, KL(generated || real) of the class shares {c['class_kl']:.3f}.",
         ]
     lines += [""] + [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
+    lines += ["![each sample over its nearest training image (pixels)](nearest_neighbours.png)\n"]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
