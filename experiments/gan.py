@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torchvision.io import read_image
@@ -212,8 +213,10 @@ def ema_sampler(gan, state, cfg) -> Sampler:
 def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     """Loss and D-output curves, FID/IS per epoch, the fixed-noise grid of this epoch and its GIF."""
     cfg, d = run.config, run.run_dir
-    r1 = f" + R1 {cfg.r1_gamma:g}" if cfg.r1_gamma else ""
-    tag = f"{cfg.arch} GAN ({cfg.loss}{r1}{', conditional' if cfg.conditional else ''}) on {cfg.dataset}"
+    extras = [f"R1 {cfg.r1_gamma:g}" * bool(cfg.r1_gamma), f"R2 {cfg.r2_gamma:g}" * bool(cfg.r2_gamma),
+              "DiffAugment" * bool(cfg.augmentations), "conditional" * cfg.conditional]  # fmt: skip
+    data = Path(cfg.image_folder).name if cfg.dataset == "imagefolder" else cfg.dataset
+    tag = f"{cfg.arch} GAN ({', '.join([cfg.loss, *filter(None, extras)])}) on {data}"
     panels = [("losses", ["d_loss", "g_loss"]), ("D(x) and D(G(z))", ["d_real", "d_fake"])]
     plot_step_curves(read_metrics(d, STEPS), panels, d / "losses_per_step.png", tag)
     records = read_metrics(d)
