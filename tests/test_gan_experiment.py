@@ -230,7 +230,7 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
     train(tmp_path / "split", 7)
     train(tmp_path / "split", 14, resume=True)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert (config["dataset"], config["arch"], config["r2_gamma"]) == ("imagefolder", "dcgan", 0.1)
+    assert (config["dataset"], config["arch"], config["r2_gamma"]) == ("imagefolder", "resnet", 0.1)
     assert config["augment"] == ["color", "translation", "cutout"]
     a, b = (load_file(str(tmp_path / r / "checkpoint.safetensors")) for r in ("straight", "split"))
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
