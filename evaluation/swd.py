@@ -4,6 +4,8 @@ any folder of images."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -124,11 +126,12 @@ def diversity(images: torch.Tensor, scales: list[float], n: int = DIVERSITY_IMAG
     """How unlike one another n images (N, C, H, W) in [0, 1] are: the mean over pyramid levels of
     the mean distance between two different images' levels, each level in units of `scales` (the
     real images' level_scales) and divided by the square root of its size. Identical images score
-    0; independent images with the real levels' spread about sqrt(2)."""
+    0; independent images with the real levels' spread about sqrt(2). Fewer than two images: nan
+    (a folder small enough to hold out one image)."""
     levels = laplacian_pyramid(images[:n].float().cpu())
     m = len(levels[0])
     if m < 2:
-        raise ValueError("diversity needs at least two images")
+        return math.nan
     total = 0.0
     for level, scale in zip(levels, scales):
         flat = level.flatten(1) / scale

@@ -19,8 +19,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import write_png
 
-from experiments.photo_crops import new_folder, random_crops, write_crops
 from harness import Config, UsageError, main_guard, option, parse_config
+from harness.imagefolder import new_folder, random_crops, write_crops
 from harness.progress import bar
 
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")  # Debian's unicode-data

@@ -9,6 +9,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_image
 
+from harness.config import UsageError
 from harness.data import DataError, Dataset
 from harness.progress import bar
 
@@ -120,3 +121,44 @@ def load_image_folder(
             warnings.warn(f"skipped {len(names)} {what} under {root}: {shown}", stacklevel=2)
     stacked = torch.stack(images).to(device)  # (N, C, size, size) uint8
     return Dataset(stacked, torch.tensor(labels, dtype=torch.int64, device=device))
+
+
+def random_crops(photos: list[torch.Tensor], count: int, size: int, seed: int) -> torch.Tensor:
+    """count crops (count, 3, size, size) uint8: a photo, a square side between 2 x size and half the
+    photo's shorter side, a position, and a mirror flip, all drawn with `seed`; resized with antialiasing.
+    (How experiments.photo_crops and experiments.folders make a folder out of a few large pictures.)"""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(count, 3, size, size, dtype=torch.uint8)
+    for i in range(count):
+        photo = photos[int(torch.randint(len(photos), (), generator=g))]
+        h, w = photo.shape[1:]
+        low, high = min(2 * size, min(h, w) // 2), min(h, w) // 2
+        side = int(torch.randint(low, high + 1, (), generator=g))
+        top = int(torch.randint(h - side + 1, (), generator=g))
+        left = int(torch.randint(w - side + 1, (), generator=g))
+        crop = photo[:, top : top + side, left : left + side][None].float()
+        crop = torch.nn.functional.interpolate(
+            crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        if torch.rand((), generator=g) < 0.5:
+            crop = crop.flip(-1)
+        out[i] = crop[0].round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def new_folder(path) -> Path:
+    """path as a new (or empty) folder, created; a folder with files in it is refused in one line."""
+    out = Path(path)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_crops(crops: torch.Tensor, out: Path) -> None:
+    """uint8 images (N, 3, H, W) as out/crop-00000.png, ... (out created if missing)."""
+    from torchvision.io import write_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, crop in enumerate(bar(crops, desc="writing crops", unit="img")):
+        write_png(crop, str(out / f"crop-{i:05d}.png"))

@@ -142,6 +142,7 @@ def test_diversity_is_zero_for_copies_and_about_root_two_for_independent_images(
     own = swd.diversity(real, scales)
     assert own == pytest.approx(math.sqrt(2), rel=0.05)  # noise: the levels are independent per image
     assert swd.diversity(real * 0.3 + 0.35, scales) == pytest.approx(0.3 * own, rel=1e-4)
+    assert math.isnan(swd.diversity(real[:1], scales))  # one held-out image: undefined, not an error
 
 
 def test_a_collapsed_probe_is_said_in_one_line(capsys):
