@@ -203,19 +203,26 @@ class LabelledFolderReference(SWDReference):
             held_out.labels,
         )
 
+    def classified(self, sampler, n: int, seed: int, recall=True, coverage: bool = False) -> dict:
+        """n samples drawn with `seed` in the classifier's features against the held-out images: FID,
+        IS, precision (and recall), the FID floor; coverage: also the classes the samples fall in
+        against the held-out images' own. Sampled and embedded once, whole on every rank (as the SWD)."""
+        from evaluation.fidelity import class_coverage
+        from evaluation.quality import compare_features
+
+        feats, logits = self.labelled.embed(sample_images(sampler, n, seed))
+        scores = compare_features(self.labelled.features, feats, logits, recall)
+        scores["fid_floor"] = self.labelled.floor_fid(self.train, n, seed)
+        if coverage:
+            found = class_coverage(logits, self.labels, logits.shape[1])
+            shares = torch.tensor(found["class_shares"])
+            scores.update(class_kl=found["class_kl"], rarest_share=found["rarest_share"],
+                          classes_found=int((shares > 0).sum()), classes=len(shares))  # fmt: skip
+        return scores
+
     def score_generator(
         self, sampler, n: int, seed: int, recall=True, world=None, quick: bool = False
     ) -> dict:
-        from evaluation.fidelity import class_coverage
-        from harness.world import World
-
-        scores = super().score_generator(sampler, n, seed, quick=quick)
-        scores.update(self.labelled.score_generator(sampler, n, seed, recall, world or World()))
-        scores["fid_floor"] = self.labelled.floor_fid(self.train, n, seed)
-        if not quick:  # the classes the samples fall in, against the held-out images' own
-            _, logits = self.labelled.embed(sample_images(sampler, n, seed))
-            coverage = class_coverage(logits, self.labels, logits.shape[1])
-            shares = torch.tensor(coverage["class_shares"])
-            scores.update(class_kl=coverage["class_kl"], rarest_share=coverage["rarest_share"],
-                          classes_found=int((shares > 0).sum()), classes=len(shares))  # fmt: skip
-        return scores
+        """SWDReference's scores and classified() (the class coverage in a full score only)."""
+        swd = super().score_generator(sampler, n, seed, quick=quick)
+        return {**swd, **self.classified(sampler, n, seed, recall, coverage=not quick)}

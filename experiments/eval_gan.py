@@ -113,7 +113,11 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
 def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
     """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
     those held-out images, beside the floor (as many training images against them)."""
-    reference = SWDReference(test, train, TEST_SEED)
+    name = folder_classifier(class_names(cfg.image_folder))  # a shipped classifier of its classes, if any
+    if name:
+        reference = LabelledFolderReference(test, train, TEST_SEED, name, sampler.device)
+    else:
+        reference = SWDReference(test, train, TEST_SEED)
     fake = sample_images(sampler, len(reference), TEST_SEED)
     score = reference.score(fake)
     real = score.pop("diversity_real")
@@ -126,10 +130,8 @@ def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
     save_nearest_grid(fake[:32], to_unit(train.images), run_dir / "nearest_neighbours.png", title)
     result = {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
               "diversity_real": real}  # fmt: skip
-    name = folder_classifier(class_names(cfg.image_folder))
-    if name:  # a labelled folder with a shipped classifier of its classes: scores in its features
-        labelled = LabelledFolderReference(test, train, TEST_SEED, name, sampler.device)
-        scores = labelled.score_generator(sampler, n, TEST_SEED)
+    if name:  # a labelled folder: scores in its classifier's features
+        scores = reference.classified(sampler, n, TEST_SEED, coverage=True)
         keys = (
             "fid",
             "fid_floor",

@@ -49,7 +49,7 @@ from models.gan import GAN_ARCHS, build_gan
 
 CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
 # what the flags left at auto become: for an --image-folder run (small, colourful data, chosen by the
-# side-by-side trials in docs/gans.md) and for MNIST / Fashion-MNIST (the digits' recipe)
+# side-by-side trials in docs/results.md) and for MNIST / Fashion-MNIST (the digits' recipe)
 FOLDER = {"arch": "dcgan", "width": 32, "r2_gamma": 0.1, "augment": AUGMENTS}
 BUILT_IN = {"arch": "dcgan", "width": 64, "r2_gamma": 0.0, "augment": ("none",)}
 
