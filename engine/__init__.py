@@ -3,17 +3,21 @@ collectives and the checkpoint format. It knows no model, metric name, CLI flag 
 the harness (data, loops, runs) and the evaluation (FID, plots, reports) are packages of their own."""
 
 from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_update, unscale
+from engine.cache import UntrustedEntry, cache_key, read_signed
 from engine.checkpoint import (
     FORMAT,
     CheckpointError,
     CorruptCheckpoint,
     WriteError,
     atomic_write,
+    checkpoint_digest,
     fsync_dir,
     load_checkpoint,
+    load_weights,
     read_metadata,
     save_checkpoint,
     save_weights,
+    verify_checkpoint,
 )
 from engine.collectives import mean_over_ranks
 from engine.functional import call_module, load_into
@@ -84,7 +88,14 @@ __all__ = [
     "mean_over_ranks",
     # checkpoints
     "save_checkpoint",
+    "verify_checkpoint",
+    "checkpoint_digest",
+    # the compiled-step cache's trust
+    "UntrustedEntry",
+    "cache_key",
+    "read_signed",
     "load_checkpoint",
+    "load_weights",
     "read_metadata",
     "save_weights",
     "atomic_write",

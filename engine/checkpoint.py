@@ -128,19 +128,31 @@ def _parse_metadata(path, meta: dict[str, str]) -> dict:
     return {"config": config, "versions": vers, "sha256": meta["sha256"]}
 
 
+def verify_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(its tensors on the CPU, its metadata) once the file at path is read whole and matches its
+    sha256; a damaged file raises CorruptCheckpoint."""
+    raw = _raw_metadata(path)
+    meta = _parse_metadata(path, raw)
+    return _verified_tensors(path, raw), meta
+
+
+def _verified_tensors(path, raw: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The file's tensors on the CPU, once they and its metadata `raw` match the sha256 in it."""
+    try:
+        flat = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise CorruptCheckpoint(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    if checkpoint_digest(flat, raw) != raw["sha256"]:
+        raise CorruptCheckpoint(f"{path} is corrupt: its contents do not match the checksum in its metadata")
+    return flat
+
+
 def load_checkpoint(path, template, extra_template=None, device="cpu"):
     """Load (state, extra, metadata) shaped like `template`, the state on `device` and the extra
     tensors on the CPU; verifies the checksum first.
 
     A damaged file raises CorruptCheckpoint, a file of another model or shape CheckpointError."""
-    raw = _raw_metadata(path)
-    meta = _parse_metadata(path, raw)
-    try:
-        flat = load_file(str(path), device="cpu")
-    except Exception as e:
-        raise CorruptCheckpoint(f"{path} is unreadable ({type(e).__name__}: {e})") from None
-    if checkpoint_digest(flat, raw) != meta["sha256"]:
-        raise CorruptCheckpoint(f"{path} is corrupt: its contents do not match the checksum in its metadata")
+    flat, meta = verify_checkpoint(path)
     expected = flatten_state(template)
     for key, ref in expected.items():
         got = flat.get(key)
@@ -161,7 +173,20 @@ def load_checkpoint(path, template, extra_template=None, device="cpu"):
     return state, extra, meta
 
 
-def save_weights(path, params: dict, buffers: dict) -> None:
-    """Params and buffers under their plain state_dict names: loads with load_state_dict(strict=True)."""
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in {**params, **buffers}.items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": "weights"}))
+def save_weights(path, params: dict, buffers: dict | None = None, metadata: dict | None = None) -> None:
+    """Params and buffers under their plain state_dict names (loads with load_state_dict(strict=True)),
+    with `metadata` strings and, as a checkpoint, the sha256 of it all."""
+    both = {**params, **(buffers or {})}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in both.items()}
+    meta = {**(metadata or {}), "format": "weights"}
+    meta["sha256"] = checkpoint_digest(tensors, meta)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_weights(path, device="cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a save_weights file, read whole and checked against its sha256: a file
+    that is not one, damaged or bit-flipped is a CorruptCheckpoint."""
+    raw = _raw_metadata(path)
+    if raw.get("format") != "weights" or "sha256" not in raw:
+        raise CorruptCheckpoint(f"{path} is not a purestep weights file with a checksum")
+    return {k: v.to(device) for k, v in _verified_tensors(path, raw).items()}, raw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
+from engine.cache import UntrustedEntry, cache_key, read_signed, remove_entry, sign
 from engine.optim import Optimizer
 from engine.state import Aux, TrainState, tree_map, write_state
 
@@ -242,15 +244,22 @@ def _modules(fn) -> dict[str, nn.Module]:
 
 def _cached(step, mode: str, args: tuple, path: Path):
     """The compiled step from the artifact at path, or compiled ahead of time and saved there; a
-    failure anywhere gives torch.compile's usual lazily compiled step instead."""
+    failure anywhere gives torch.compile's usual lazily compiled step instead. Loading an artifact
+    unpickles it: only an entry this user wrote and signed is read (engine.cache); any other is
+    removed with one note."""
     lazy = torch.compile(step, fullgraph=True, mode=mode)
     modules = _modules(step)
     try:
-        if path.exists():
-            with path.open("rb") as f:
-                loaded = torch.compiler.load_compiled_function(
-                    f, f_globals=step.__globals__, external_data=modules
-                )
+        data = read_signed(path)
+    except (UntrustedEntry, OSError) as e:
+        _note(f"compiled-step cache entry {path} refused and removed", e)
+        remove_entry(path)
+        data = None
+    try:
+        if data is not None:
+            loaded = torch.compiler.load_compiled_function(
+                io.BytesIO(data), f_globals=step.__globals__, external_data=modules
+            )
             if loaded.guard_check(*args):
                 return loaded
         fn = torch.compile(step, fullgraph=True, mode=mode).aot_compile((args, {}))
@@ -258,8 +267,9 @@ def _cached(step, mode: str, args: tuple, path: Path):
         _note(f"compiled-step cache {path} not used", e)
         return lazy
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache_key(path.parent)  # the folder (0700) and its key first
         fn.save_compiled_function(str(path), external_data=modules)  # written atomically
+        sign(path)
     except Exception as e:
         _note(f"compiled step not saved to {path}", e)
     return fn

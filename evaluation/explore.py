@@ -18,6 +18,7 @@ from evaluation.autoencoders import decode, encode
 from evaluation.plots import Image
 from evaluation.sampling import Sampler
 from harness import Throttled, finish, to_unit
+from harness.files import finite
 
 PAGE = "explore.html"
 GRID = 40  # decoded images per side of the code plane's dense grid
@@ -191,8 +192,19 @@ def write_gan_explorer(run_dir, sampler: Sampler, seed: int, info) -> Path:
     grids = sorted((run_dir / "grids").glob("epoch-*.png"))
     data = {"neighbours": NEIGHBOURS, "radius": RADIUS, "size": images.shape[-1], "title": info["title"],
             "numbers": info["numbers"], "epochs": [int(p.stem.split("-")[1]) for p in grids]}  # fmt: skip
-    uris = {"SPRITE": _png(images, 1 + NEIGHBOURS), "GRIDS": json.dumps([_file_uri(p) for p in grids])}
+    uris = {"SPRITE": _png(images, 1 + NEIGHBOURS), "GRIDS": script_json([_file_uri(p) for p in grids])}
     return _write(run_dir, "gan", data, uris)
+
+
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(value) -> str:
+    """value as JSON that is safe inside an inline <script>: <, >, & and the JavaScript line separators
+    escaped, so no string from a run's files (a key of final.json, a folder's name) can end the
+    script or start another; the page only ever puts them in as text."""
+    text = json.dumps(finite(value), separators=(",", ":"), allow_nan=False)
+    return "".join(_SCRIPT_UNSAFE.get(ch, ch) for ch in text)
 
 
 def _write(run_dir: Path, page: str, data: dict, uris: dict) -> Path:
@@ -200,9 +212,9 @@ def _write(run_dir: Path, page: str, data: dict, uris: dict) -> Path:
     as inline JSON, the images as data URIs (written atomically)."""
     pages = Path(__file__).parent / "pages"
     text = (pages / f"{page}.html").read_text().replace("%STYLE%", (pages / "style.css").read_text())
-    text = text.replace("/*DATA*/", json.dumps(data, separators=(",", ":")))
-    for key, value in uris.items():
+    for key, value in uris.items():  # the template's own slots first: nothing from the run is searched
         text = text.replace(f"%{key}%", value)
+    text = text.replace("/*DATA*/", script_json(data), 1)
     path = run_dir / PAGE
     tmp = path.with_name(f".{PAGE}.tmp")
     tmp.write_text(text)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
-from engine import CheckpointError
+from engine import CheckpointError, load_weights
 from harness.data import DATASETS, DataError
 from models.classifier import build_classifier, weights_path
 
@@ -47,7 +46,9 @@ def load_classifier(dataset: str, device="cpu"):
         model = build_classifier(
             int(meta.get("width", 32)), classes=classes, channels=int(meta.get("channels", 1))
         )
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(load_weights(path)[0], strict=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # unreadable file or a state_dict that does not fit the architecture
         raise CheckpointError(f"{path} is not a loadable classifier ({type(e).__name__}: {e})") from None
     return model.to(device).eval()

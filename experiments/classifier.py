@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 import engine
 from evaluation.plots import plot_curves
@@ -53,6 +52,8 @@ class ClassifierConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         self.require(self.width >= 1, f"--width must be at least 1, got {self.width}")
+        ok = self.image_size >= 1 and self.max_pixels >= 1
+        self.require(ok, "--image-size and --max-pixels must be at least 1")
         nonnegative = min(self.weight_decay, self.warmup, self.max_shift) >= 0
         self.require(nonnegative, "--weight-decay, --warmup and --max-shift must be >= 0")
 
@@ -72,9 +73,7 @@ def export_weights(run: RunContext, state, accuracy: float, argv) -> Path:
     cfg = run.config
     path = weights_path(cfg.weights_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.params.items()}
     meta = {
-        "format": "weights",
         "command": shlex.join(["python", "-m", "experiments.classifier", *argv]),
         "dataset": cfg.weights_name,
         "width": str(cfg.width),
@@ -87,7 +86,7 @@ def export_weights(run: RunContext, state, accuracy: float, argv) -> Path:
         ),  # fmt: skip
         "torch": torch.__version__,
     }
-    engine.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    engine.save_weights(path, state.params, metadata=meta)  # with its sha256, as every weights file
     return path
 
 

@@ -3,12 +3,12 @@ and write report.md: `make compare-ae-vae ARGS="--latent-dim 2"`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, evaluate_run, nll_line
 from evaluation.report import write_compare_report, write_run_report
+from evaluation.trained import run_config
 from experiments import ae, vae
 from harness import DataError, main_guard, option, parse_config
 from harness.config import BINARIZE, DATASET_NAMES, RunFlags, TrainingFlags, forwarded
@@ -16,11 +16,8 @@ from models import ARCHS
 
 
 def _same_config(run_dir: Path, wanted: dict) -> bool:
-    path = run_dir / "config.json"
-    if not (run_dir / "final.json").exists() or not path.exists():
-        return False
-    saved = json.loads(path.read_text())
-    return all(saved.get(k) == v for k, v in wanted.items())
+    saved = run_config(run_dir) if (run_dir / "final.json").exists() else None
+    return saved is not None and all(saved.get(k) == v for k, v in wanted.items())
 
 
 def train_or_reuse(kind: str, run_dir: Path, wanted: dict, extra: list[str]) -> None:

@@ -9,7 +9,6 @@ run's wall time as it recorded it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from harness import (
     to_unit,
 )
 from harness.config import DATASET_NAMES, DeviceFlags
+from harness.files import read_json
 from harness.rundir import PROBES, read_metrics
 
 REPORTS = "docs/reports"
@@ -57,11 +57,7 @@ class CompareGeneratorsConfig(DeviceFlags):
 def wall_time(run_dir: Path) -> str:
     """The run's wall time: its last process's (timings.json), or, where probes.jsonl carries more
     seconds across a resume, at least those; else the sum of its epochs' training time."""
-    total = (
-        json.loads((run_dir / "timings.json").read_text())["total"]
-        if (run_dir / "timings.json").exists()
-        else 0
-    )
+    total = read_json(run_dir / "timings.json").get("total", 0) if (run_dir / "timings.json").exists() else 0
     probed = read_metrics(run_dir, PROBES)[-1]["wall_s"] if (run_dir / PROBES).exists() else 0
     if probed > total:  # resumed: timings.json holds the last process only
         return f">= {probed:,.0f} s (resumed; to its last probe)"

@@ -3,7 +3,6 @@ eval.json, a nearest-neighbour grid and report.md into it (`make eval-gan RUN=di
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -11,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from engine import load_weights, save_weights
 from evaluation.autoencoders import prior_samples
 from evaluation.cas import classification_accuracy_score, per_class_agreement, to_dataset
 from evaluation.features import folder_classifier
@@ -21,7 +20,7 @@ from evaluation.plots import plot_bars, plot_quality_vs_time, save_image_rows, s
 from evaluation.quality import compare_features, inception_score
 from evaluation.sampling import sample_images
 from evaluation.swd import LabelledFolderReference, SWDReference
-from evaluation.trained import load_generator
+from evaluation.trained import load_generator, run_config
 from harness import (
     TEST_SEED,
     DataError,
@@ -34,8 +33,9 @@ from harness import (
     to_unit,
 )
 from harness.config import DATASET_NAMES, DeviceFlags
+from harness.files import json_text
 from harness.imagefolder import class_names
-from harness.rundir import PROBES, read_metrics
+from harness.rundir import PROBES, lock_run_dir, read_metrics
 
 FIGURES = [  # (file written by training, caption)
     ("samples_vs_real.png", "EMA generator on a fixed z beside real test images"),
@@ -264,7 +264,7 @@ class EvalGANConfig(DeviceFlags):
 
 
 def _label(run_dir: Path) -> str:
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir) or {}
     recipe = f"{cfg['loss']}" + (f" + R1 {cfg.get('r1_gamma')}" if cfg.get("r1_gamma") else "")
     recipe += ", BatchNorm D" if cfg.get("disc_norm", True) else ""
     return f"{recipe}, lr {cfg['lr']:g}, batch {cfg['batch_size']}"
@@ -283,9 +283,9 @@ def export_generator(run_dir: Path, out: Path) -> None:
     """The run's EMA generator in fp16 (half the bytes; sampling converts back to float32) with its
     config.json (all that load_generator, hence `make eval-gan RUN=out`, needs) and its figures."""
     out.mkdir(parents=True, exist_ok=True)
-    weights = load_file(str(run_dir / "generator.safetensors"))
+    weights, _ = load_weights(run_dir / "generator.safetensors")
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    save_file(half, str(out / "generator.safetensors"), metadata={"format": "weights", "dtype": "float16"})
+    save_weights(out / "generator.safetensors", half, metadata={"dtype": "float16"})
     # the training figures the report shows, the probes behind the curve and the run's wall time
     for name in ["config.json", "timings.json", "probes.jsonl", *(f for f, _ in FIGURES)]:
         if (run_dir / name).exists():
@@ -298,11 +298,13 @@ def main(argv=None):
     run_dir, vae_run = Path(args.run_dir), Path(args.vae_run) if args.vae_run else None
     if args.baseline_run:  # before the export, which copies the figure
         plot_against_baseline(run_dir, Path(args.baseline_run))
+    lock_run_dir(run_dir, create=False)  # not while a training (or another eval-gan) writes into it
     if args.export:  # before scoring: the exported fp16 copy is what gets scored and reported
+        lock_run_dir(args.export)
         export_generator(run_dir, Path(args.export))
         run_dir = Path(args.export)
     result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device), args.cas_samples)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / "eval.json").write_text(json_text(result))
     write_report(run_dir, result)
     for name, r in result["rows"].items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))

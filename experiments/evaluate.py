@@ -4,6 +4,7 @@ figures and report.md into it (`make eval RUN=dir`)."""
 from __future__ import annotations
 
 import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from evaluation.autoencoders import FULL_IMAGES, FULL_K, QUICK_IMAGES, QUICK_K, 
 from evaluation.report import write_run_report
 from harness import main_guard, option, parse_config
 from harness.config import DeviceFlags
+from harness.files import open_regular
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ def main(argv=None):
     cfg, model, result, tensors = evaluate_run(args.run_dir, k, images, args.device)
     if "nll" in result:
         print(nll_line(result))
-    with open(Path(args.run_dir) / ".eval.lock", "a") as lock:  # processes sharing the NLL: one at a time
+    # processes sharing the NLL: one at a time (a planted link is refused, not followed)
+    with os.fdopen(open_regular(Path(args.run_dir) / ".eval.lock", os.O_WRONLY | os.O_CREAT), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"wrote {write_run_report(Path(args.run_dir), cfg, model, result, tensors)}")
     return result

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from evaluation.explore import headline, write_explorer, write_gan_explorer
-from evaluation.trained import load_generator, load_trained
+from evaluation.trained import load_generator, load_trained, run_config
 from harness import DataError, load_dataset, main_guard, option, parse_config, resolve_device, to_unit
 from harness.config import DeviceFlags
+from harness.files import read_json
+from harness.rundir import lock_run_dir
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,15 @@ class ExploreConfig(DeviceFlags):
 
 def _final(run_dir: Path) -> dict:
     path = run_dir / "final.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 @main_guard
 def main(argv=None):
     args, _ = parse_config(ExploreConfig, argv, "python -m experiments.explore", __doc__)
     run_dir, device = Path(args.run_dir), resolve_device(args.device)
-    path = run_dir / "config.json"
-    experiment = json.loads(path.read_text()).get("experiment") if path.exists() else None
+    lock_run_dir(run_dir, create=False)  # explore.html is written beside the run: one writer at a time
+    experiment = (run_config(run_dir) or {}).get("experiment")
     if experiment == "gan":
         cfg, sampler = load_generator(run_dir, device)
         title = f"GAN {cfg['arch']} ({cfg['loss']}) on {cfg['dataset']}"

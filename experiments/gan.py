@@ -138,6 +138,7 @@ class GANConfig(RunConfig):
         ok = self.latent_dim >= 1 and self.width >= 1 and self.disc_width >= 0
         self.require(ok, "--latent-dim and --width must be at least 1, --disc-width at least 0")
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
+        self.require(self.max_pixels >= 1, f"--max-pixels must be at least 1, got {self.max_pixels}")
         ok = self.n_disc >= 1 and self.r1_every >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
         self.require(ok, "--n-disc and --r1-every must be >= 1, --ema-decay in [0, 1), --eval-samples >= 0")
         ok = (
@@ -160,6 +161,8 @@ class GANConfig(RunConfig):
         ok = self.g_class_weight >= 0 or self.g_class_weight == -1
         self.require(ok, f"--g-class-weight must be >= 0 (or -1: --class-weight), got {self.g_class_weight}")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
+        ok = self.eval_samples == 0 or self.eval_samples >= 10  # the IS splits them in ten
+        self.require(ok, f"--eval-samples must be 0 (no final score) or at least 10, got {self.eval_samples}")
         penalised = self.loss == "wgan-gp" or self.r1_gamma > 0 or self.r2_gamma > 0
         why = "--disc-norm: a gradient penalty is per image, BatchNorm mixes the batch (use --r1-gamma 0)"
         self.require(not (self.disc_norm and penalised), why)

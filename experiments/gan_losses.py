@@ -5,7 +5,6 @@ comparison continues where it stopped."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import statistics
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from experiments import gan
 from harness import main_guard, option, parse_config
 from harness.config import DATASET_NAMES, TrainingFlags, forwarded
+from harness.files import json_text, read_json
 
 ROWS = {  # row -> flags of experiments.gan; everything else is make train-gan's default
     "non-saturating": ["--loss", "nonsaturating", "--r1-gamma", "0"],
@@ -76,8 +76,8 @@ def run_one(cfg: GANLossesConfig, flags: list[str], seed: int, run_dir: Path) ->
             argv += ["--resume"]
         final = gan.main(argv)
         final["wall_s"] = round(time.perf_counter() - t0, 1)
-        done.write_text(json.dumps(final, indent=2) + "\n")
-    return json.loads(done.read_text())
+        done.write_text(json_text(final))
+    return read_json(done)
 
 
 def _cell(values: list[float], digits: int) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -31,8 +30,10 @@ from harness import (
 )
 from harness.config import BINARIZE, DATASET_NAMES, RunFlags
 from harness.data import load_dataset
+from harness.files import json_text
 from harness.loader import eval_batches, fixed_images
 from harness.progress import bar as progress_bar
+from harness.rundir import has_checkpoint, lock_run_dir
 from losses import make_elbo_loss
 from models import ARCHS, build_vae
 
@@ -56,6 +57,8 @@ class SweepConfig(RunFlags):
         super().__post_init__()
         ok = min(self.latent_dim) >= 1 and min(self.lr) > 0 and min(self.beta) >= 0 and self.epochs >= 1
         self.require(ok, "latent sizes must be >= 1, learning rates > 0, betas >= 0, epochs >= 1")
+        ok = self.max_steps >= 0 and self.iwae_k >= 1 and self.iwae_images >= 0
+        self.require(ok, "--max-steps and --iwae-images must be at least 0, --iwae-k at least 1")
 
 
 def parse(argv) -> SweepConfig:
@@ -166,10 +169,14 @@ def main(argv=None):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # its configs already share one vmapped step
         raise UsageError("a sweep runs in one process; launch it without torchrun")
     device = resolve_device(args.device)
+    out = Path(args.out)
+    if has_checkpoint(out) or (out / "config.json").exists():  # a training run's folder is not a sweep's
+        raise UsageError(f"{out} holds a training run; pick another --out")
+    lock_run_dir(out)  # one writer: a live sweep into the same folder is refused, naming its pid
     train = load_dataset(args.dataset, "train", device=device)
     test = load_dataset(args.dataset, "test", device=device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.batch_size > len(train.images):
+        raise UsageError(f"--batch-size {args.batch_size} exceeds the {len(train.images)} training images")
     rows = []
     for arch, z_dim in itertools.product(args.arch, args.latent_dim):
         configs = list(itertools.product(args.beta, args.lr))
@@ -192,7 +199,7 @@ def main(argv=None):
                 f"KL {result['kl']:.2f}, NLL {result['nll']:.2f}, MSE {result['mse']:.4f}"
             )
     summary = {"args": dataclasses.asdict(args), "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     write_hparams(out / "tensorboard", rows)
     length = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
     lines = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass
@@ -30,8 +31,12 @@ def _typed(name: str, kind, value):
     if typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
         item = typing.get_args(kind)[0]
         return tuple(_typed(name, item, v) for v in value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):  # nan, inf, 1e400
+        raise UsageError(f"{flag(name)} must be a finite number, got {value!r}")
+    if kind is int and isinstance(value, int) and not -(2**63) <= value < 2**63:  # 2e19 in a config
+        raise UsageError(f"{flag(name)} is out of range, got {value!r}")
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
         return value
     shown = getattr(kind, "__name__", str(kind))
@@ -172,6 +177,10 @@ class RunConfig(RunFlags):
             value = getattr(self, name)
             self.require(value >= 0, f"{flag(name)} must be >= 0, got {value}")
         self.require(self.keep >= 1, f"--keep must be at least 1, got {self.keep}")
+        for f in dataclasses.fields(self):  # --target-loss, --target-fid, ...: 0 is none
+            if f.name.startswith("target_"):
+                value = getattr(self, f.name)
+                self.require(value >= 0, f"{flag(f.name)} must be >= 0 (0: no target), got {value}")
 
     def tag(self) -> str:
         """The model part of the default run directory's name."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from harness.files import FileError, open_regular
 
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # CLI name -> torchvision folder
 _FILES = {
@@ -31,18 +34,26 @@ def data_dir() -> Path:
 
 
 def _read_idx(path: Path, magic: int, ndim: int) -> torch.Tensor:
-    """Parse one uncompressed IDX file (big-endian header, uint8 payload) into a CPU tensor."""
+    """Parse one uncompressed IDX file (big-endian header, uint8 payload) into a CPU tensor. Only a
+    regular file is opened (a FIFO or /dev/zero would block or never end), and its size is checked
+    against the header before the payload is read."""
+    offset = 4 + 4 * ndim
     try:
-        raw = path.read_bytes()
+        with os.fdopen(open_regular(path, follow=True), "rb") as f:
+            size, header = os.fstat(f.fileno()).st_size, f.read(offset)
+            if len(header) < offset or int.from_bytes(header[:4], "big") != magic:
+                raise DataError(f"{path} is not an IDX file with magic {magic} (corrupt or wrong file)")
+            dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            expected = offset + math.prod(dims)  # Python integers: no overflow
+            if size != expected:
+                raise DataError(f"{path} has {size} bytes, its header promises {expected} (truncated?)")
+            raw = header + f.read(size - offset)
+    except FileError as e:
+        raise DataError(str(e)) from None
     except OSError as e:  # a folder in its place, no permission, an I/O error
         raise DataError(f"cannot read {path} ({e.strerror or e})") from None
-    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
-        raise DataError(f"{path} is not an IDX file with magic {magic} (corrupt or wrong file)")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    expected = offset + torch.Size(dims).numel()
     if len(raw) != expected:
-        raise DataError(f"{path} has {len(raw)} bytes, its header promises {expected} (truncated?)")
+        raise DataError(f"{path} changed while it was read ({len(raw)} of {expected} bytes)")
     if expected == offset:  # no items: frombuffer refuses an empty buffer
         return torch.zeros(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)

@@ -25,6 +25,7 @@ def main_guard(main):
         if os.environ.get("PURESTEP_DEBUG"):  # developers: the full traceback, no translation
             return main(argv)
         old_term = signal.signal(signal.SIGTERM, _terminated)  # before the loop takes it over
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # experiments' start-up handler ends here
         # torch.compile on a CPU-only machine logs "No CUDA runtime is found" from cpp_extension on
         # every run: nothing a user can act on (its errors still show)
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -42,6 +43,12 @@ def main_guard(main):
             line = "error: terminated (SIGTERM; the run directory keeps its last complete checkpoint, if any)"
             print(line, file=sys.stderr)
             raise SystemExit(143) from None
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError too
+            if not _out_of_memory(e):
+                raise
+            line = "error: out of memory: the sizes asked for (--batch-size, --latent-dim, --width, ...) "
+            print(line + f"do not fit this machine ({_first_line(e)})", file=sys.stderr)
+            raise SystemExit(2) from None
         except NonFiniteError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(3) from None
@@ -54,6 +61,17 @@ def main_guard(main):
             signal.signal(signal.SIGTERM, old_term)
 
     return wrapped
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def _first_line(e: BaseException) -> str:
+    """The allocator's own words, without its C++ source location."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text[text.find("DefaultCPUAllocator") :] if "DefaultCPUAllocator" in text else text[:200]
 
 
 class _Terminated(BaseException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -41,19 +42,25 @@ def class_names(root) -> list[str]:
     return folder_classes(root, image_files(root))[0]
 
 
-def _decode(path: Path, channels: int) -> torch.Tensor:
-    """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...)."""
+def _decode(path: Path, channels: int, frames: int = 1) -> torch.Tensor:
+    """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...) and for
+    an animated file (`frames` > 1), whose first frame alone PIL decodes (torchvision would decode
+    every frame: 100 frames of 3000x3000 are 2.7 GB)."""
+    from PIL import Image
+
     try:
+        if frames > 1:
+            raise RuntimeError("animated: the first frame only")
+        # GIF and WebP decoders return RGB whatever the mode (WebP says so in a raw C++ warning)
+        grey = channels == 1 and path.suffix.lower() not in (".gif", ".webp")
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); PIL stays the fallback
             warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            image = decode_image(str(path), mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
-    except RuntimeError:  # an unsupported format or a corrupt file: PIL decides which
-        from PIL import Image
-
+            image = decode_image(str(path), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
+    except RuntimeError:  # an unsupported format, a corrupt file or an animation: PIL decides
         with Image.open(path) as im:
-            image = F.pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
-    if image.ndim == 4:  # an animated GIF: (frames, C, H, W), keep the first frame
+            image = F.pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))  # frame 0
+    if image.ndim == 4:  # frames, C, H, W
         image = image[0]
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
         image = F.to_dtype(image, torch.uint8, scale=True)
@@ -68,12 +75,18 @@ def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.center_crop(image, [size, size])
 
 
-def _pixels(path: Path) -> int:
-    """Width x height from the file's header alone (PIL reads no pixel data to tell)."""
+def _size(path: Path) -> tuple[float, int]:
+    """(width x height, frames) from the file's header alone (PIL reads no pixel data to tell); an
+    image PIL itself calls a decompression bomb is infinitely large, so over any --max-pixels."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.width * im.height
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged by max_pixels here
+            with Image.open(path) as im:
+                return im.width * im.height, getattr(im, "n_frames", 1)
+    except Image.DecompressionBombError:
+        return math.inf, 1
 
 
 def load_image_folder(
@@ -100,10 +113,11 @@ def load_image_folder(
     for file, label in zip(shown, classes):
         name = file.relative_to(root).as_posix()
         try:
-            if _pixels(file) > max_pixels:
+            pixels, frames = _size(file)
+            if pixels > max_pixels:
                 large.append(name)
                 continue
-            image = _decode(file, channels)
+            image = _decode(file, channels, frames)
         except Exception:  # any decoder failure means an unreadable file, reported below
             skipped.append(name)
             continue

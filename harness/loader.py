@@ -66,6 +66,8 @@ class Loader:
         """The rest of the current epoch. The cursor already points past a batch when it is yielded,
         so a checkpoint taken after the step on that batch resumes with the next one."""
         epoch, start = self.epoch, self.batch
+        if not 0 <= start < self.steps_per_epoch:  # never an empty pass a loop would spin on
+            raise ValueError(f"loader cursor batch {start} is outside the epoch's {self.steps_per_epoch}")
         perm = epoch_permutation(len(self.data.images), self.seed, epoch, self.device)
         for i in range(start, self.steps_per_epoch):
             idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
@@ -94,9 +96,33 @@ class Loader:
             "rng": self.gen.get_state(),
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self.gen.set_state(state["rng"].cpu())  # a CPU byte tensor, for a CUDA generator too
+    def load_state_dict(self, state: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """Restore the cursor and generator; one that cannot belong to this data (a batch past the
+        epoch's end, a generator state of another size) or, given `step`, does not point at that
+        many steps of this data (resumed on a smaller data set, a forged cursor) is a ValueError."""
+        if {"epoch", "batch", "rng"} - set(state):
+            raise ValueError("it holds no loader cursor (epoch, batch, rng)")
+        try:
+            epoch, batch = int(state["epoch"]), int(state["batch"])
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError("its loader cursor is not two integers") from None
+        if epoch < 0 or not 0 <= batch < self.steps_per_epoch:
+            raise ValueError(f"its loader cursor (epoch {epoch}, batch {batch}) is outside this data's "
+                             f"{self.steps_per_epoch} batches per epoch")  # fmt: skip
+        if step is not None and epoch * self.steps_per_epoch + batch != step:
+            raise ValueError(
+                f"its loader cursor (epoch {epoch}, batch {batch} of {self.steps_per_epoch}) is not step "
+                f"{step} of this data: resumed on other data (or --batch-size), or a forged checkpoint"
+            )
+        rng, own = state["rng"], self.gen.get_state()
+        if rng.dtype != torch.uint8 or rng.shape != own.shape:
+            found = f"{rng.dtype} {tuple(rng.shape)}"
+            raise ValueError(f"its generator state is {found}, not {tuple(own.shape)} bytes")
+        try:
+            self.gen.set_state(rng.cpu())  # a CPU byte tensor, for a CUDA generator too
+        except RuntimeError as e:
+            raise ValueError(f"its generator state is invalid ({str(e).splitlines()[0]})") from None
+        self.epoch, self.batch = epoch, batch
 
 
 def fixed_images(data: Dataset, seed: int, dynamic_binarize=False) -> torch.Tensor:

@@ -17,8 +17,9 @@ from harness.config import RunConfig, UsageError, merge_resumed, parse_config
 from harness.data import Dataset
 from harness.device import resolve_precision, setup_device
 from harness.evaluator import Evaluator, loss_evaluator
+from harness.files import FileError, read_json
 from harness.loader import Loader
-from harness.rundir import has_checkpoint, lock_run_dir
+from harness.rundir import LOCK, has_checkpoint, lock_run_dir
 from harness.splits import Splits, load_run_data
 from harness.stepcache import step_cache_path
 from harness.timing import PHASES
@@ -79,8 +80,6 @@ def open_run(config_cls, argv, experiment: str, description: str | None = None) 
     cfg = resumed_config(config_cls, cfg, given, experiment) if cfg.resume else new_config(cfg)
     device, world = setup_device(cfg)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # saved as resolved
-    if not cfg.resume and world.main:  # from here on a killed run can be resumed (from step 0 at worst)
-        save_config(run_dir, experiment, cfg)
     torch.manual_seed(cfg.seed)  # weight initialisation
     with PHASES("data"):
         data = load_run_data(cfg, device)
@@ -93,6 +92,8 @@ def parse_run_config(config_cls, argv, experiment: str, description=None) -> tup
     """(config, the flags given) from the command line, with the default run directory filled in."""
     prog = f"python -m experiments.{experiment}"
     cfg, given = parse_config(config_cls, argv, prog=prog, description=description)
+    if cfg.resume and not cfg.run_dir:  # never the working directory by accident
+        raise UsageError("--resume needs the run to continue: --resume RUN_DIR")
     if not cfg.run_dir and not cfg.resume:
         cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / f"{experiment}-{cfg.dataset}-{cfg.tag()}"))
     return cfg, given
@@ -108,9 +109,20 @@ def claim_run_dir(cfg: RunConfig) -> Path:
         raise UsageError(f"the run directory {name} is not valid UTF-8; pick another --run-dir") from None
     if cfg.resume and not run_dir.is_dir():
         raise UsageError(f"--resume: {run_dir} holds no checkpoint (no such folder)")
+    if not cfg.resume and _foreign_files(run_dir):  # e.g. --run-dir / or ~: nothing is written there
+        raise UsageError(
+            f"{run_dir} already holds other files and no run: a new run needs a new or empty --run-dir"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         lock_run_dir(run_dir)
     return run_dir
+
+
+def _foreign_files(run_dir: Path) -> bool:
+    """Whether run_dir exists and holds anything but a run's files or a lock left by a failed start."""
+    if not run_dir.is_dir() or has_checkpoint(run_dir) or (run_dir / "config.json").exists():
+        return False
+    return any(entry.name != LOCK for entry in run_dir.iterdir())
 
 
 def new_config(cfg: RunConfig) -> RunConfig:
@@ -128,11 +140,9 @@ def resumed_config(config_cls, cfg: RunConfig, given: set, experiment: str) -> R
     if not path.is_file():
         raise UsageError(f"--resume: {cfg.run_dir} holds no checkpoint (no config.json)")
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--resume: {path} is unreadable ({e}); start a new --run-dir") from None
-    if not isinstance(saved, dict):
-        raise UsageError(f"--resume: {path} holds no config object; start a new --run-dir")
+        saved = read_json(path)
+    except (FileError, OSError) as e:
+        raise UsageError(f"--resume: {e}; start a new --run-dir") from None
     if saved.pop("experiment", experiment) != experiment:
         raise UsageError(f"{cfg.run_dir} is not a {experiment} run")
     return merge_resumed(config_cls, saved, {k: getattr(cfg, k) for k in given})

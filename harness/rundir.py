@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import sys
@@ -18,8 +17,10 @@ from engine.checkpoint import (
     fsync_dir,
     load_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from engine.state import flatten_state
+from harness.files import FileError, append_line, json_text, open_regular, parse_json, read_text
 from harness.loader import Loader
 
 LATEST = "checkpoint.safetensors"  # run_dir/LATEST: a relative symlink to the newest checkpoint
@@ -35,14 +36,18 @@ class RunInUse(CheckpointError):
     """Another live process holds the run directory; the message names its pid."""
 
 
-def lock_run_dir(run_dir) -> None:
+def lock_run_dir(run_dir, create: bool = True) -> None:
     """Take the run directory's exclusive lock for the rest of this process's life, before anything
-    in it is read, swept or written; another holder is a RunInUse naming its pid."""
+    in it is read, swept or written; another holder is a RunInUse naming its pid. Every writer into
+    a run directory takes it: training, a sweep's --out, eval-gan and explore (create=False: the
+    finished run they write beside must exist)."""
     run_dir = Path(run_dir).resolve()
     if run_dir in _held:
         return
+    if not create and not run_dir.is_dir():
+        raise FileError(f"{run_dir} is not a run directory (no such folder)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular(run_dir / LOCK, os.O_RDWR | os.O_CREAT)  # a planted link is refused, not followed
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -60,6 +65,11 @@ _STEP_FILE = re.compile(r"step-(\d+)\.safetensors")
 
 def step_path(run_dir, step: int) -> Path:
     return Path(run_dir) / FOLDER / f"step-{step:08d}.safetensors"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file's name says it was written at."""
+    return int(_STEP_FILE.fullmatch(Path(path).name)[1])
 
 
 def list_checkpoints(run_dir) -> list[Path]:
@@ -100,9 +110,11 @@ def write_checkpoint(run_dir, step: int, state, extra, config, keep: int) -> Pat
     path = step_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, state, extra, config)
+    verify_checkpoint(path)  # read back whole against its checksum before anything older goes
     _link_latest(run_dir, path)
     for old in list_checkpoints(run_dir)[keep:]:  # only after the new one is safely in place
-        old.unlink(missing_ok=True)
+        if checkpoint_step(old) < step:  # never one newer than the checkpoint just verified
+            old.unlink(missing_ok=True)
     return path
 
 
@@ -164,7 +176,11 @@ def resume_state(run_dir, state, loader: Loader, config: dict | None = None, res
         return state, []
     state, extra, meta, path, corrupt = load_newest(run_dir, state, device=_state_device(state))
     _check_saved_config(meta["config"], config, path, resumable)
-    loader.load_state_dict({k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")})
+    try:
+        cursor = {k[len("loader/") :]: v for k, v in extra.items() if k.startswith("loader/")}
+        loader.load_state_dict(cursor, step=checkpoint_step(path))
+    except ValueError as e:
+        raise CheckpointError(f"{path} cannot resume here: {e}") from None
     device = _state_device(state)  # the epoch's metrics so far, beside the new ones
     stacked = {k[len("history/") :]: v.to(device) for k, v in extra.items() if k.startswith("history/")}
     steps = len(next(iter(stacked.values()))) if stacked else 0
@@ -182,21 +198,25 @@ def _state_device(state) -> torch.device:
 
 
 def append_record(path: Path, record: dict) -> None:
-    """One JSON line at the end of a log."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One JSON line at the end of a log (a non-finite value written as null)."""
+    append_line(path, json_text(record, indent=None))
 
 
-def _parse_lines(path: Path) -> list[dict]:
-    """The JSON lines of a log; a torn last line (a process killed mid-write) is dropped."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+def _parse_lines(path: Path, text: str) -> list[dict]:
+    """The records of a log's text; a torn last line (a process killed mid-write) is dropped. A line
+    that is not a record with an integer step (where it has one) is a FileError naming it."""
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except ValueError:
+            record = parse_json(line, f"{path} line {i + 1}")
+        except FileError:
             if i < len(lines) - 1:
-                raise CheckpointError(f"{path} line {i + 1} is not JSON (edited by hand?)") from None
+                raise FileError(f"{path} line {i + 1} is not JSON (edited by hand?)") from None
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            raise FileError(f"{path} line {i + 1} is not a record with an integer step (edited by hand?)")
+        records.append(record)
     return records
 
 
@@ -204,11 +224,11 @@ def trim_logs(run_dir: Path, done: int) -> None:
     """Keep only the log records up to step `done`, so a resumed run rewrites what follows exactly."""
     for name in (METRICS, STEPS, PROBES):
         path = run_dir / name
-        if not path.exists():
+        if not os.path.lexists(path):
             continue
-        text = path.read_text()
-        kept = [r for r in _parse_lines(path) if r.get("step", 0) <= done]
-        new = "".join(json.dumps(r) + "\n" for r in kept)
+        text = read_text(path)
+        kept = [r for r in _parse_lines(path, text) if r.get("step", 0) <= done]
+        new = "".join(json_text(r, indent=None) for r in kept)
         if new != text:
             atomic_write(path, lambda tmp, text=new: tmp.write_text(text))
 
@@ -216,4 +236,4 @@ def trim_logs(run_dir: Path, done: int) -> None:
 def read_metrics(run_dir, name: str = METRICS) -> list[dict]:
     """All epoch records of a run (or, with name=STEPS, its running per-step means)."""
     path = Path(run_dir) / name
-    return _parse_lines(path) if path.exists() else []
+    return _parse_lines(path, read_text(path)) if os.path.lexists(path) else []

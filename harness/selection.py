@@ -3,12 +3,10 @@ brought back into the final state, so the test split scores the chosen epoch onl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from engine import atomic_write, save_weights
+from engine import atomic_write, load_weights, save_weights
+from harness.files import json_text, read_json
 
 BEST = "best.safetensors"  # the weights of the best epoch so far; best.json: which one
 
@@ -17,17 +15,17 @@ def keep_if_best(run_dir: Path, state, record: dict, key: str = "val_loss") -> N
     """best.safetensors and best.json: the weights of the epoch with the lowest record[key] so far.
     key: the true bound on validation, whatever the training loss weighs (beta, warm-up, free bits)."""
     best = run_dir / "best.json"
-    if best.exists() and json.loads(best.read_text())[key] <= record[key]:
+    if best.exists() and read_json(best).get(key, float("inf")) <= record[key]:
         return
     save_weights(run_dir / BEST, state.params, state.buffers)
-    text = json.dumps({k: record[k] for k in ("epoch", "step", "val_loss", key)}) + "\n"
+    text = json_text({k: record[k] for k in ("epoch", "step", "val_loss", key)}, indent=None)
     atomic_write(best, lambda tmp: tmp.write_text(text))
 
 
 def selected(run_dir: Path, state):
     """state with the params and buffers of best.safetensors (the rest, optimizer included, as is)."""
-    weights = load_file(str(run_dir / BEST), device=str(state.step.device))
-    chosen = json.loads((run_dir / "best.json").read_text())
+    weights, _ = load_weights(run_dir / BEST, state.step.device)
+    chosen = read_json(run_dir / "best.json")
     print(f"selected epoch {chosen['epoch']} (val loss {chosen['val_loss']:.4f})")
     params = {k: weights[k].to(v.dtype) for k, v in state.params.items()}
     buffers = {k: weights[k].to(v.dtype) for k, v in state.buffers.items()}

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
+import math
 import sys
 
 from engine import save_weights
+from harness.files import json_text
 from harness.fit import LoopOptions, fit
 from harness.loader import Loader
+from harness.periodic import NonFiniteError
 from harness.run import RunContext, save_config
 from harness.rundir import resume_state
 from harness.timing import PHASES
@@ -29,6 +31,8 @@ def resume(run: RunContext, state, loader: Loader):
     """(state, the epoch's metric history) from the run's newest checkpoint: rank 0 first (it sets
     damaged checkpoints aside before the others look), then the same start broadcast to every rank."""
     cfg, history = run.config, []
+    if not cfg.resume and run.world.main:  # only now, data loaded and step built: a run that could not
+        save_config(run.run_dir, run.experiment, cfg)  # start leaves no config.json to block a retry
     if cfg.resume:
         for turn in (True, False):
             if run.world.main == turn:
@@ -70,12 +74,15 @@ def finish(run: RunContext, state, evaluate, weights=None, target_key: str = "lo
     with PHASES("evaluation"):
         final = evaluate(state)  # every rank: the evaluation may be sharded
     if main:
-        (run.run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        (run.run_dir / "final.json").write_text(json_text(final))  # a nan as null: still JSON
         print(f"{run.run_dir}: final test " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
         run.board.scalars({f"final_test_{k}": v for k, v in final.items()}, done)
         run.board.close()
         PHASES.write(run.run_dir)  # where this process's time went: timings.json
         print(PHASES.line(), flush=True)
+    value = final.get(target_key)
+    if isinstance(value, float) and not math.isfinite(value):  # --skip-nonfinite through a diverged run
+        raise NonFiniteError(f"the final test {target_key} is {value}: the run diverged (a lower --lr?)")
     target = getattr(run.config, f"target_{target_key}")
     if target and not final[target_key] <= target:
         if main:

@@ -14,6 +14,7 @@ import engine
 import harness
 from harness.periodic import EpochEnd, EpochMeter, Journal, NonFiniteError, Probes, Saver, StepLog, StopFlag
 from harness.rundir import PROBES, STEPS, list_checkpoints
+from harness.train import resume as resume_run
 
 
 def _loader(n=64, batch=8):
@@ -143,6 +144,8 @@ def test_an_opened_run_is_frozen_and_holds_what_its_flags_say(data_root, tmp_pat
         len(run.data.val.images) == 1000 and len(run.train.images) == 59000 and len(run.test.images) == 10000
     )
     assert run.options == engine.StepOptions(precision="fp32", compile="auto", donate=True)
+    assert not (tmp_path / "r" / "config.json").exists()  # written when training starts, not before
+    resume_run(run, None, run.loader())
     assert json.loads((tmp_path / "r" / "config.json").read_text())["experiment"] == "vae"
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.config = None
@@ -177,4 +180,5 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_in_hardware_and_is_saved
     assert device.resolve_precision("fp16", torch.device("cpu")) == "fp16"  # as given
     run = harness.open_run(GANConfig, ["--device", "cpu", "--run-dir", str(tmp_path / "r")], "gan")
     assert run.config.precision == run.options.precision == expected
+    resume_run(run, None, run.loader())  # a new run's config.json, as training starts
     assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == expected

@@ -1,0 +1,95 @@
+"""Trust in the compiled-step cache: torch loads an artifact by unpickling it, so an entry is read only
+if this user wrote it. Each entry carries an HMAC-SHA256 (entry.sig) under a per-user key kept in the
+cache folder (mode 0600); an entry of another owner, writable by others, or with a wrong or missing
+signature is refused before torch sees a byte of it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+KEY = "key"  # beside the entries
+MAX_ENTRY = 1 << 30  # bytes of one compiled artifact
+
+
+class UntrustedEntry(Exception):
+    """A cache entry (or its key) this user cannot have written: not loaded; the message says why."""
+
+
+def _read_own(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file this user owns and no one else may write (no final symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedEntry(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise UntrustedEntry(f"{path} is owned by another user or writable by others")
+        if st.st_size > limit:
+            raise UntrustedEntry(f"{path} holds more than {limit:,} bytes")
+        return f.read(limit)
+
+
+def cache_key(folder: Path) -> bytes:
+    """This user's signing key for the cache in `folder`, created on first use (0600, written whole
+    before it is linked into place, so a concurrent first run reads the same key or makes none)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / KEY
+    if not os.path.lexists(path):
+        tmp = folder / f".{KEY}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic: the first run's key wins
+        tmp.unlink()
+    key = _read_own(path, 64)
+    if os.stat(path, follow_symlinks=False).st_mode & 0o077 or len(key) != 32:
+        raise UntrustedEntry(f"{path} is readable by others or damaged: the cache is not used")
+    return key
+
+
+def _signature(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).hexdigest().encode()
+
+
+def read_signed(path: Path) -> bytes | None:
+    """The entry's bytes once its owner, mode and signature check out; None if there is no entry.
+    An entry that fails is an UntrustedEntry (the caller removes it)."""
+    if not os.path.lexists(path):
+        return None
+    key = cache_key(path.parent)
+    data = _read_own(path, MAX_ENTRY)
+    try:
+        signature = _read_own(_sig_path(path), 128)
+    except FileNotFoundError:
+        raise UntrustedEntry(f"{path} has no signature") from None
+    if not hmac.compare_digest(signature, _signature(key, data)):
+        raise UntrustedEntry(f"{path} does not match its signature")
+    return data
+
+
+def sign(path: Path) -> None:
+    """Sign the entry just written at path (its bytes read back under the same checks)."""
+    data = _read_own(path, MAX_ENTRY)
+    sig, tmp = _sig_path(path), path.with_name(f".{path.name}.sig.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_signature(cache_key(path.parent), data))
+    os.replace(tmp, sig)
+
+
+def remove_entry(path: Path) -> None:
+    """Delete an entry and its signature (what cannot be deleted stays refused at every load)."""
+    for p in (path, _sig_path(path)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _sig_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sig")
