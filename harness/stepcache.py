@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-# flags that only steer the loop around the step, never the compiled code
+# flags that only steer the loop around the step and the scoring, never the compiled code
 LOOP_ONLY = {"run_dir", "resume", "progress", "keep", "checkpoint_every", "download", "seed", "compile_cache",
-             "max_steps"}  # fmt: skip
+             "max_steps", "tensorboard", "eval_samples", "probe_every", "probe_samples"}  # fmt: skip
 COMPILED_PACKAGES = ("engine", "losses", "models")  # the code a step is traced from, beside the entry point
 
 

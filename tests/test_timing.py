@@ -177,3 +177,39 @@ def test_tensorboard_holds_the_logged_records_and_a_resume_logs_no_step_twice(da
     assert "final_test_loss" in scalars
     projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert "sprite" in projector and "metadata.tsv" in projector
+
+
+def test_warm_prepares_the_very_cache_entries_the_default_commands_load(tmp_path, monkeypatch):
+    from experiments.ae import AEConfig
+    from experiments.gan import GANConfig
+    from experiments.vae import VAEConfig
+    from experiments.warm import COMMANDS
+    from harness import parse_config
+    from harness.stepcache import step_cache_path
+
+    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
+    configs = {"experiments.vae": (VAEConfig, "vae"), "experiments.ae": (AEConfig, "ae"),
+               "experiments.gan": (GANConfig, "gan")}  # fmt: skip
+    for entry, flags, loop in COMMANDS.values():
+        cls, experiment = configs[entry.__module__]
+        warm = [*flags, *loop, "--run-dir", "scratch", "--no-progress", "--no-tensorboard"]
+        paths = [
+            step_cache_path(parse_config(cls, argv)[0], experiment, 1, torch.device("cpu"))
+            for argv in (flags, warm)
+        ]
+        assert paths[0] == paths[1], (flags, loop)
+
+
+def test_warm_fills_the_cache_and_the_command_then_loads_it(data_root, tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path / "cache"))
+    proc = run_cli("experiments.warm", ["--only", "parity"], data_root)
+    assert "warm: parity" in proc.stdout and "compiled step ready" in proc.stdout
+    entries = list((tmp_path / "cache" / "steps").glob("*.aot"))
+    assert len(entries) == 1 and entries[0].with_name(entries[0].name + ".sig").exists()
+    written = entries[0].stat().st_mtime_ns
+    parity = ["--arch", "mlp", "--epochs", "10", "--batch-size", "128", "--lr", "1e-3", "--max-steps", "3"]
+    proc = run_cli("experiments.vae", [*parity, "--run-dir", tmp_path / "run", "--no-progress"], data_root)
+    assert "note:" not in proc.stderr  # loaded, not refused or recompiled
+    assert entries[0].stat().st_mtime_ns == written  # loaded: a compiled step would have been saved again
