@@ -79,7 +79,8 @@ def pytest_terminal_summary(terminalreporter, config):
     text = summary(ROUNDS, TARGET_S)
     terminalreporter.write_line("\n" + text)
     json_path = config.getoption("benchmark_json", None)
-    json_path = getattr(json_path, "name", json_path)  # some pytest-benchmark versions pass the open file
+    if json_path is not None and not isinstance(json_path, str | os.PathLike):
+        json_path = json_path.name  # older versions pass the open file (a Path's .name is only its last part)
     folder = Path(json_path).parent if json_path else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     stem = Path(json_path).stem if json_path else "latest"
