@@ -35,19 +35,15 @@ def open_regular(path, flags: int = os.O_RDONLY, mode: int = 0o644, follow: bool
     return fd
 
 
-def read_bytes(path, limit: int = MAX_TEXT) -> bytes:
-    """The whole regular file at path, refused above `limit` bytes."""
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(fd).st_size
-        if size > limit:
-            raise FileError(f"{path} holds {size:,} bytes, more than the {limit:,} expected")
-        return f.read(limit + 1)[:limit]
-
-
-def read_text(path, limit: int = MAX_TEXT) -> str:
+def read_text(path) -> str:
+    """The whole regular file at path as UTF-8 text, refused above MAX_TEXT bytes."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_TEXT:
+            raise FileError(f"{path} holds {size:,} bytes, more than the {MAX_TEXT:,} expected")
+        data = f.read(MAX_TEXT)
     try:
-        return read_bytes(path, limit).decode()
+        return data.decode()
     except UnicodeDecodeError:
         raise FileError(f"{path} is not UTF-8 text") from None
 
@@ -66,11 +62,11 @@ def parse_json(text: str, where) -> object:
         raise FileError(f"{where} is not valid JSON ({str(e).splitlines()[0]})") from None
 
 
-def read_json(path, kind: type | None = dict, limit: int = MAX_TEXT):
-    """The JSON value in the file at path, required to be a `kind` (default: an object)."""
-    value = parse_json(read_text(path, limit), path)
-    if kind is not None and not isinstance(value, kind):
-        raise FileError(f"{path} holds a JSON {type(value).__name__}, not the {kind.__name__} expected")
+def read_json(path) -> dict:
+    """The JSON object in the file at path (any other JSON value is a FileError)."""
+    value = parse_json(read_text(path), path)
+    if not isinstance(value, dict):
+        raise FileError(f"{path} holds a JSON {type(value).__name__}, not the dict expected")
     return value
 
 

@@ -46,20 +46,21 @@ def _decode(path: Path, channels: int, frames: int = 1) -> torch.Tensor:
     """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...) and for
     an animated file (`frames` > 1), whose first frame alone PIL decodes (torchvision would decode
     every frame: 100 frames of 3000x3000 are 2.7 GB)."""
-    from PIL import Image
+    grey = channels == 1 and path.suffix.lower() not in (".gif", ".webp")  # those return RGB anyway
+    image = None  # (GIF and WebP ignore GRAY; WebP says so in a raw C++ warning)
+    if frames == 1:
+        try:
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); PIL: fallback
+                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+                image = decode_image(str(path), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
+        except RuntimeError:  # an unsupported format or a corrupt file: PIL decides which
+            pass
+    if image is None:  # and an animation's first frame alone
+        from PIL import Image
 
-    try:
-        if frames > 1:
-            raise RuntimeError("animated: the first frame only")
-        # GIF and WebP decoders return RGB whatever the mode (WebP says so in a raw C++ warning)
-        grey = channels == 1 and path.suffix.lower() not in (".gif", ".webp")
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its codecs for TorchCodec (not a dependency); PIL stays the fallback
-            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            image = decode_image(str(path), mode=ImageReadMode.GRAY if grey else ImageReadMode.RGB)
-    except RuntimeError:  # an unsupported format, a corrupt file or an animation: PIL decides
         with Image.open(path) as im:
-            image = F.pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))  # frame 0
+            image = F.pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
     if image.ndim == 4:  # frames, C, H, W
         image = image[0]
     if image.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
