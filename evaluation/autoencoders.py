@@ -15,7 +15,7 @@ from evaluation.likelihood import iwae_bounds, nll_subset, scored_seconds, stand
 from evaluation.trained import load_trained
 from harness import TEST_SEED, DataError, load_dataset, resolve_device
 from harness.loader import fixed_images
-from losses import bernoulli_nll, elbo, gaussian_kl, one_draw_kl, squared_error
+from losses import bernoulli_nll, elbo, gaussian_kl, hierarchical_elbo, one_draw_kl, squared_error
 
 CHUNK = 500  # images per forward pass
 
@@ -71,12 +71,23 @@ def evaluate(
         g = torch.Generator(device=x_te.device).manual_seed(TEST_SEED + 1)
         eps = torch.randn(mu_te.shape, generator=g, device=x_te.device)
         z = mu_te + eps * torch.exp(0.5 * logvar_te)
-        vamp = getattr(model, "pseudo_logits", None) is not None
-        kl = None  # N(0, I): the analytic KL; the VampPrior: log q(z|x) - log p(z) at the same draw
-        if vamp:
-            log_pz = torch.cat([model.log_prior(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
-            kl = one_draw_kl(eps, logvar_te, log_pz)
-        _, m = elbo(decode(model, z), x_te, mu_te, logvar_te, kl=kl)
+        vamp, layers = getattr(model, "pseudo_logits", None) is not None, getattr(model, "layers", 1)
+        if layers == 2:  # one draw of each layer, per-layer KL and active units
+            m = _hierarchical_elbo(model, x_te, eps, vamp)
+            half = z_dim // 2
+            out.update(
+                kl_per_layer=[float(m["kl1"]), float(m["kl2"])],
+                active_units_per_layer=[  # z1: what it adds to its prior's mean given z2
+                    metrics.active_units(mu_te[:, :half] - model.p1(mu_te[:, half:])[0]),
+                    metrics.active_units(mu_te[:, half:]),
+                ],
+            )
+        else:
+            kl = None  # N(0, I): the analytic KL; the VampPrior: log q(z|x) - log p(z) at the same draw
+            if vamp:
+                log_pz = torch.cat([model.log_prior(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
+                kl = one_draw_kl(eps, logvar_te, log_pz)
+            _, m = elbo(decode(model, z), x_te, mu_te, logvar_te, kl=kl)
         subset = nll_subset(x_te, iwae_images)
         t0 = time.perf_counter()
         seed, per_pass = TEST_SEED + 3, (100, 100)  # images per block, draws per pass
@@ -88,7 +99,7 @@ def evaluate(
             neg_elbo=float(m["neg_elbo"]),
             kl=float(m["kl"]),
             active_units=metrics.active_units(mu_te),
-            **({} if vamp else {"kl_per_dim": gaussian_kl(mu_te, logvar_te).mean(0).tolist()}),
+            **({} if vamp or layers == 2 else {"kl_per_dim": gaussian_kl(mu_te, logvar_te).mean(0).tolist()}),
             nll=float(nll.mean()),
             nll_se=standard_error(nll) if len(subset) < len(x_te) else 0.0,  # all scored: no sampling
             iwae_k=iwae_k,
@@ -96,6 +107,19 @@ def evaluate(
             nll_wall_s=round(wall, 3),  # compute time, summed over processes when shared
         )
     return out, {"x": x_te, "labels": test.labels, "mu": mu_te}
+
+
+@torch.no_grad()
+def _hierarchical_elbo(model, x, eps, vamp: bool) -> dict[str, torch.Tensor]:
+    """A two-layer VAE's -ELBO, KL and per-layer KL on x, one draw per image (eps (N, 2Z)), in chunks."""
+    parts = []
+    for i in range(0, len(x), CHUNK):
+        xi, ei = x[i : i + CHUNK], eps[i : i + CHUNK]
+        parts.append(hierarchical_elbo(model(xi, ei), xi, ei, vamp=vamp)[1])
+    return {
+        k: sum(p[k] * len(x[i * CHUNK : (i + 1) * CHUNK]) for i, p in enumerate(parts)) / len(x)
+        for k in parts[0]
+    }
 
 
 def weights_digest(path: Path) -> str:

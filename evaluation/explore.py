@@ -16,6 +16,7 @@ import engine
 from evaluation import latents
 from evaluation.autoencoders import decode, encode
 from evaluation.plots import Image
+from evaluation.report import layer_figures
 from evaluation.sampling import Sampler
 from harness import Throttled, finish, to_unit
 from harness.files import finite
@@ -169,7 +170,11 @@ def write_explorer(run_dir, model, test_images: torch.Tensor, labels: torch.Tens
         "title": info["title"],
         "numbers": info["numbers"],
     }
-    return _write(Path(run_dir), "ae", data, {"SPRITE": _png(decoded, GRID)})
+    layers = ""
+    if getattr(model, "layers", 1) == 2:  # each layer's codes, and z1 redrawn under a fixed z2
+        files = layer_figures(Path(run_dir), model, mu, labels, info["title"])
+        layers = "<h2>Each layer</h2>" + "".join(f'<img src="{_file_uri(Path(run_dir) / f)}">' for f in files)
+    return _write(Path(run_dir), "ae", data, {"SPRITE": _png(decoded, GRID), "LAYERS": layers})
 
 
 # ---- explore.html for a GAN ------------------------------------------------------------------------

@@ -116,13 +116,17 @@ def save_image_grid(images: torch.Tensor, path, title: str, nrow: int = 8) -> No
     _save(fig, path)
 
 
-def plot_latents(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path, title: str) -> None:
-    """Side-by-side scatters of 2-D codes (N, 2) coloured by label, all on the same axis limits."""
+def plot_latents(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path, title: str, shared=True) -> None:
+    """Side-by-side scatters of 2-D codes (N, 2) coloured by label, all on the same axis limits
+    (shared) or each on its own."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     allz = torch.cat([z for _, z, _ in panels]).float().cpu()
-    lo, hi = allz.quantile(0.001, dim=0), allz.quantile(0.999, dim=0)
     for ax, (name, z, labels) in zip(axes[0], panels):
         z, labels = z.float().cpu(), labels.cpu()
+        lo, hi = (
+            (allz if shared else z).quantile(0.001, dim=0),
+            (allz if shared else z).quantile(0.999, dim=0),
+        )
         sc = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=2, alpha=0.6, vmin=-0.5, vmax=9.5)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="code dim 1", ylabel="code dim 2", title=name)
         ax.grid(alpha=0.3)

@@ -22,6 +22,8 @@ ROWS = [  # (metric key, label, format)
     ("neg_elbo", "negative ELBO (nats)", "{:.2f}"),
     ("nll", "NLL, IWAE bound (nats)", "{:.2f}"),
     ("active_units", "active units (Var E[z|x] > 0.01)", "{}"),
+    ("kl_per_layer", "KL of z1 / of z2 (nats)", "{0[0]:.2f} / {0[1]:.2f}"),
+    ("active_units_per_layer", "active units of z1 (E[z1|x] - E[z1|z2]) / of z2", "{0[0]} / {0[1]}"),
     ("knn_acc", "5-NN accuracy on codes", "{:.3f}"),
     ("linear_probe_acc", "linear probe accuracy on codes", "{:.3f}"),
     ("silhouette", "silhouette by class", "{:.3f}"),
@@ -79,6 +81,8 @@ def _figures(run_dir: Path, name: str, model, result: dict, tensors: dict, z_dim
         f"{name}: test-set codes" + (" (top-2 PCA projection)" if z_dim > 2 else ""),
     )
     files.append("latents.png")
+    if getattr(model, "layers", 1) == 2:
+        files += layer_figures(run_dir, model, mu, tensors["labels"], name)
     if "kl_per_dim" in result:
         plot_bars(
             result["kl_per_dim"],
@@ -101,6 +105,31 @@ def _figures(run_dir: Path, name: str, model, result: dict, tensors: dict, z_dim
     return files
 
 
+@torch.no_grad()
+def layer_figures(run_dir: Path, model, mu: torch.Tensor, labels: torch.Tensor, name: str) -> list[str]:
+    """A two-layer VAE's layers apart, from its test codes mu = [mu1, mu2]: each layer's codes by
+    class (layer_codes.png), and rows that each hold one z2 ~ p(z2) fixed while z1 ~ p(z1|z2) is
+    redrawn (layer_samples.png: what the lower layer adds). Returns the file names."""
+    half = mu.shape[1] // 2
+    panels = [("z1, the lower layer", mu[:, :half]), ("z2, the top layer", mu[:, half:])]
+    plot_latents(
+        [(title, _codes_2d(codes), labels) for title, codes in panels],
+        run_dir / "layer_codes.png",
+        f"{name}: test-set codes of each layer (top-2 PCA projection of each)",
+        shared=False,
+    )
+    g = torch.Generator(device=mu.device).manual_seed(0)
+    tops = model.sample_prior(8, g)[:, half:]
+    rows = [torch.sigmoid(model.decode(model.sample_prior(12, g, z2=t.expand(12, -1)))) for t in tops]
+    save_image_rows(
+        rows,
+        [f"z2 #{i + 1}" for i in range(len(rows))],
+        run_dir / "layer_samples.png",
+        f"{name}: each row one z2 ~ p(z2) held fixed, z1 ~ p(z1|z2) redrawn along it",
+    )
+    return ["layer_codes.png", "layer_samples.png"]
+
+
 def _table(columns: list[tuple[str, dict]]) -> list[str]:
     head = "| metric | " + " | ".join(c for c, _ in columns) + " |"
     lines = [head, "|---|" + "---|" * len(columns)]
@@ -118,6 +147,7 @@ def _settings(cfg: dict, result: dict) -> str:
         else ""
     )
     prior = f", VampPrior ({cfg['pseudo_inputs']} pseudo-inputs)" if cfg.get("prior") == "vamp" else ""
+    prior = (" per layer, two stochastic layers z2 -> z1 -> x" if cfg.get("layers", 1) == 2 else "") + prior
     return (
         f"{cfg['dataset']}, arch `{cfg['arch']}`, code size {cfg['latent_dim']}{prior}, {cfg['epochs']} "
         f"epochs, binarize `{cfg.get('binarize', 'none')}`{nll}."

@@ -26,7 +26,11 @@ def load_trained(run_dir: Path, device):
         or not {"arch", "latent_dim"} <= cfg.keys()
     ):
         raise DataError(f"{run_dir} is not a finished AE/VAE run (config.json and model.safetensors)")
-    prior = {"prior": cfg.get("prior", "normal"), "pseudo_inputs": cfg.get("pseudo_inputs", 500)}
+    prior = {
+        "prior": cfg.get("prior", "normal"),
+        "pseudo_inputs": cfg.get("pseudo_inputs", 500),
+        "layers": cfg.get("layers", 1),
+    }
     try:
         model = build(cfg["arch"], cfg["latent_dim"], **(prior if build is build_vae else {})).to(device)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:

@@ -13,7 +13,7 @@ from harness import RunConfig, RunContext, main_guard, open_run, option, read_me
 from harness.config import LR_DECAYS
 from harness.selection import keep_if_best, selected
 from harness.world import barrier
-from losses import make_elbo_loss, make_iwae_loss
+from losses import make_elbo_loss, make_hierarchical_loss, make_iwae_loss
 from models import ARCHS, PRIORS, build_vae
 
 OBJECTIVES = ("elbo", "iwae")
@@ -22,7 +22,10 @@ OBJECTIVES = ("elbo", "iwae")
 @dataclass(frozen=True)
 class VAEConfig(RunConfig):
     arch: str = option("conv", "encoder/decoder: mlp = the classic 784-400-Z VAE", tuple(ARCHS))
-    latent_dim: int = option(20, "size of the latent code z")
+    latent_dim: int = option(20, "size of the latent code z (of each layer's, with --layers 2)")
+    layers: int = option(
+        1, "stochastic layers: 2 is the hierarchical VAE z2 -> z1 -> x (prior on z2)", (1, 2)
+    )
     beta: float = option(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     kl_warmup: int = option(0, "steps over which the KL weight ramps up from 0 to beta")
     objective: str = option("elbo", "training objective: elbo, or the IWAE bound with --k draws", OBJECTIVES)
@@ -32,7 +35,9 @@ class VAEConfig(RunConfig):
     )
     prior: str = option("normal", "p(z): N(0, I), or vamp: the VampPrior's learned mixture", PRIORS)
     pseudo_inputs: int = option(500, "--prior vamp: learned pseudo-images in the mixture")
-    free_bits: float = option(0.0, "nats of KL per latent dimension that cost nothing (ELBO, normal prior)")
+    free_bits: float = option(
+        0.0, "nats of KL per latent unit that cost nothing (ELBO; normal prior, or per layer with --layers 2)"
+    )
     lr_decay: str = option("constant", "learning rate: constant, or cosine: to 0 over --epochs", LR_DECAYS)
     val_split: int = option(
         0, "hold out N training images: per-epoch scores and model selection on them, test scored once"
@@ -52,14 +57,19 @@ class VAEConfig(RunConfig):
         vamp = self.prior == "vamp"
         self.require(self.pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.pseudo_inputs}")
         self.require(self.free_bits >= 0, f"--free-bits must be >= 0, got {self.free_bits}")
-        self.require(not (vamp and self.free_bits), "--free-bits needs --prior normal")
+        one = self.layers == 1
+        self.require(
+            not (vamp and self.free_bits and one), "--free-bits needs --prior normal (or --layers 2)"
+        )
         self.require(not (vamp and self.dreg), "--dreg needs --prior normal")
+        self.require(not (self.dreg and not one), "--dreg is for --layers 1")
 
     def tag(self) -> str:
         objective = f"-iwae{self.k}" + ("-dreg" if self.dreg else "") if self.objective == "iwae" else ""
         prior = f"-vamp{self.pseudo_inputs}" if self.prior == "vamp" else ""
         free_bits = f"-fb{self.free_bits:g}" if self.free_bits else ""
-        return f"{self.arch}-z{self.latent_dim}{objective}{prior}{free_bits}"
+        layers = "-l2" if self.layers == 2 else ""
+        return f"{self.arch}{layers}-z{self.latent_dim}{objective}{prior}{free_bits}"
 
 
 SELECT_ON = {"elbo": "val_neg_elbo", "iwae": "val_neg_iwae"}  # the bounds, not a weighted loss
@@ -71,6 +81,8 @@ def save_plots(run: RunContext, model, state) -> None:
     tag = f"VAE {cfg.arch} z={cfg.latent_dim} on {cfg.dataset}"
     plot_curves(records, [("negative ELBO (nats/image)", "neg_elbo")], run.run_dir / "loss.png", tag)
     panels = [("reconstruction -log p(x|z) (nats)", "recon"), ("KL(q(z|x) || p(z)) (nats)", "kl")]
+    if cfg.layers == 2:
+        panels += [("KL of z1: q(z1|x,z2) || p(z1|z2)", "kl1"), ("KL of z2: q(z2|x) || p(z2)", "kl2")]
     plot_curves(records, panels, run.run_dir / "kl.png", tag)
     engine.load_into(model, state.params, state.buffers)
     with torch.no_grad():
@@ -91,20 +103,23 @@ def save_plots(run: RunContext, model, state) -> None:
 def main(argv=None):
     run = open_run(VAEConfig, argv, "vae")  # flags, run directory, device, data (and --val-split)
     cfg, val = run.config, run.data.val is not None
-    model = build_vae(cfg.arch, cfg.latent_dim, cfg.prior, cfg.pseudo_inputs).to(run.device)
-    if cfg.objective == "iwae":
+    model = build_vae(cfg.arch, cfg.latent_dim, cfg.prior, cfg.pseudo_inputs, cfg.layers).to(run.device)
+    if cfg.layers == 2:
+        loss_fn = make_hierarchical_loss(model, cfg.objective, cfg.beta, cfg.kl_warmup, cfg.free_bits)
+    elif cfg.objective == "iwae":
         loss_fn = make_iwae_loss(model, dreg=cfg.dreg)
     else:
         loss_fn = make_elbo_loss(model, cfg.beta, cfg.kl_warmup, cfg.free_bits)
     # reparameterisation noise, drawn by the loader on device: (B, Z), or (B, K, Z) for the IWAE bound
-    noise = {"eps": (cfg.k, cfg.latent_dim) if cfg.objective == "iwae" else (cfg.latent_dim,)}
+    code = model.latent_dim  # [z1, z2] side by side with --layers 2
+    noise = {"eps": (cfg.k, code) if cfg.objective == "iwae" else (code,)}
     loader = run.loader(noise)
     lr = cfg.lr if cfg.lr_decay == "constant" else engine.cosine(cfg.lr, cfg.epochs * loader.steps_per_epoch)
     optimizer = engine.adam(lr)
     step = engine.make_train_step(loss_fn, optimizer, run.options)
     test = run.evaluator(loss_fn, noise)
     scored = run.evaluator(loss_fn, noise, split="val") if val else test  # each epoch's scores
-    figures = EpochFigures(run, model, lambda s: save_plots(run, model, s), cfg.latent_dim)
+    figures = EpochFigures(run, model, lambda s: save_plots(run, model, s), code)
 
     def on_epoch_end(s, record):
         figures(s, record)

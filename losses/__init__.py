@@ -2,6 +2,7 @@
 
 from losses.ae import make_ae_loss, reconstruction_loss
 from losses.gan import GAN_LOSSES, GANLoss, gradient_penalty, make_gan_loss
+from losses.hierarchical import hierarchical_elbo, make_hierarchical_loss
 from losses.reconstruction import bernoulli_nll, squared_error
 from losses.vae import (
     elbo,
@@ -23,6 +24,8 @@ __all__ = [
     "make_elbo_loss",
     "make_iwae_loss",
     "log_importance_weights",
+    "make_hierarchical_loss",
+    "hierarchical_elbo",
     "GAN_LOSSES",
     "GANLoss",
     "gradient_penalty",

@@ -7,6 +7,7 @@ import math
 import torch
 
 from engine import Aux, call_module
+from losses.hierarchical import layer_terms, log_weights
 from losses.reconstruction import bernoulli_nll, squared_error
 
 LOG_2PI = math.log(2 * math.pi)
@@ -101,7 +102,10 @@ def log_importance_weights(model, x, eps):
     """log p(x|z) + log p(z) - log q(z|x) for z = mu + sigma * eps: x (B,1,H,W), eps (K,B,Z) -> (B,K).
 
     The IWAE bound is logmeanexp over K of these (evaluation.likelihood.iwae_bound); K=1 is the ELBO.
+    A two-layer model (model.layers == 2) takes eps (K, B, 2Z), its weights from losses.hierarchical.
     """
+    if getattr(model, "layers", 1) == 2:
+        return log_weights(layer_terms(model(x, eps), x, eps)).T
     logits, mu, logvar, log_pz = model(x, eps, with_prior=True)  # K draws decoded as (K*B, 1, H, W)
     log_px, log_pz, log_qz = _log_terms(logits, x, mu, logvar, eps, log_pz)
     return (log_px + log_pz - log_qz).T

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from models.conv import ConvDecoder, ConvEncoder
+from models.gaussian import prior_log_density, pseudo_images, split_gaussian
+from models.hierarchical import HierarchicalVAE
 from models.mlp import MLPDecoder, MLPEncoder
 from models.resnet import ResDecoder, ResEncoder
 
@@ -16,14 +16,7 @@ ARCHS = {
     "conv": (ConvEncoder, ConvDecoder),
     "resnet": (ResEncoder, ResDecoder),
 }
-LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in fp16/bf16
 PRIORS = ("normal", "vamp")
-LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_log_density(z, mu, logvar):
-    """log N(z; mu, exp(logvar)) summed over the last dimension, broadcasting: (..., Z) -> (...)."""
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + LOG_2PI + logvar).sum(-1)
 
 
 class AE(nn.Module):
@@ -54,20 +47,12 @@ class VAE(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, pseudo_inputs: int = 0):
         super().__init__()
         self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
-        if pseudo_inputs:  # near-black at first, like Tomczak and Welling's N(0.05, 0.01) pixels
-            shape = (pseudo_inputs, 1, 28, 28)
-            self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.2 * torch.randn(shape))
-        else:
-            self.pseudo_logits = None
+        self.pseudo_logits = pseudo_images(pseudo_inputs)
 
     def log_prior(self, z):
         """log p(z): (..., Z) -> (...), in float32."""
-        z = z.float()
-        if self.pseudo_logits is None:
-            return -0.5 * (z.square() + LOG_2PI).sum(-1)
-        mu, logvar = (t.float() for t in self.encode(torch.sigmoid(self.pseudo_logits)))  # (K, Z) each
-        log_q = gaussian_log_density(z[..., None, :], mu, logvar)  # (..., K)
-        return torch.logsumexp(log_q, -1) - math.log(len(mu))
+        pseudo = self.pseudo_logits
+        return prior_log_density(z, None if pseudo is None else self.encode(torch.sigmoid(pseudo)))
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None, device=None):
         """n draws z ~ p(z), (n, Z), from the seeded generator."""
@@ -80,8 +65,7 @@ class VAE(nn.Module):
         return mu + eps * torch.exp(0.5 * logvar)
 
     def encode(self, x):
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, Z) each
-        return mu, logvar.clamp(*LOGVAR_RANGE)
+        return split_gaussian(self.encoder(x))  # (B, Z) each
 
     def decode(self, z):
         return self.decoder(z)
@@ -115,9 +99,18 @@ def build_ae(arch: str, latent_dim: int) -> AE:
     return AE(*_pair(arch, latent_dim, latent_dim))
 
 
-def build_vae(arch: str, latent_dim: int, prior: str = "normal", pseudo_inputs: int = 500) -> VAE:
+def build_vae(
+    arch: str, latent_dim: int, prior: str = "normal", pseudo_inputs: int = 500, layers: int = 1
+) -> VAE | HierarchicalVAE:
     """Same networks as build_ae; the encoder emits mean and log-variance (2Z outputs). prior `vamp`:
-    the VampPrior with `pseudo_inputs` learned pseudo-images."""
+    the VampPrior with `pseudo_inputs` learned pseudo-images (on the top layer). layers=2: the
+    hierarchical VAE z2 -> z1 -> x, latent_dim units in each layer."""
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose from {', '.join(PRIORS)}")
-    return VAE(*_pair(arch, 2 * latent_dim, latent_dim), latent_dim, pseudo_inputs if prior == "vamp" else 0)
+    if layers not in (1, 2):
+        raise ValueError(f"layers must be 1 or 2, got {layers}")
+    k = pseudo_inputs if prior == "vamp" else 0
+    if layers == 2:
+        _pair(arch, 1, latent_dim)  # the same checks
+        return HierarchicalVAE(ARCHS[arch], latent_dim, k)
+    return VAE(*_pair(arch, 2 * latent_dim, latent_dim), latent_dim, k)
