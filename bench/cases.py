@@ -55,10 +55,10 @@ def _scaler(precision: str, device: str):
     return scaler_init(device) if precision == "fp16" else None
 
 
-def _vae(arch: str):
+def _vae(arch: str, flat: bool = False):
     def build(spec: Spec, compile, donate):
         model = build_vae(arch, VAE_LATENT).to(spec.device)
-        opt = engine.adam(1e-3)
+        opt = engine.flat(engine.adam(1e-3)) if flat else engine.adam(1e-3)
         loss_fn = make_elbo_loss(model)
         step = engine.make_train_step(
             loss_fn, opt, engine.StepOptions(precision=spec.precision, compile=compile, donate=donate)
@@ -93,6 +93,8 @@ def _dcgan(spec: Spec, compile, donate):
 
 
 MODELS = {"mlp_vae": _vae("mlp"), "conv_vae": _vae("conv"), "conv_ae": _conv_ae, "dcgan": _dcgan}
+# the mlp VAE with Adam on one flat buffer (engine.flat): fp32 at batch 128, against mlp_vae's cases
+FLAT = {"mlp_vae_flat": _vae("mlp", flat=True)}
 
 
 def _next_batch(box: dict, loader: harness.Loader) -> dict:
@@ -108,7 +110,7 @@ def _train_workload(spec: Spec, data) -> Workload:
     """Train steps of a model case, the data path (gather, scale, noise) included as in training."""
     # Donated, CUDA graphs included: the state stays at static addresses, updated in place
     # (engine.compile_step marks each replay's start and copies the metrics out).
-    step, state, noise = MODELS[spec.case](spec, COMPILE_ARG[spec.compile], True)
+    step, state, noise = {**MODELS, **FLAT}[spec.case](spec, COMPILE_ARG[spec.compile], True)
     loader = harness.Loader(data, spec.batch, seed=0, noise=noise)
     box = {"state": state, "it": iter(loader)}
 
@@ -160,4 +162,5 @@ def grid() -> list:
             for precision in PRECISIONS[device]:
                 for compile in COMPILES[device]:
                     specs += [Spec(case, device, precision, compile, b) for b in BATCHES]
+        specs += [Spec(case, device, "fp32", compile, 128) for case in FLAT for compile in COMPILES[device]]
     return [_param(s) for s in specs]

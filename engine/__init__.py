@@ -22,7 +22,7 @@ from engine.checkpoint import (
 from engine.collectives import mean_over_ranks
 from engine.functional import call_module, load_into
 from engine.gan import GANState, init_gan_state, make_gan_step
-from engine.optim import Optimizer, adam, adamw, sgd, with_hyperparams
+from engine.optim import Optimizer, adam, adamw, flat, sgd, with_hyperparams
 from engine.schedules import constant, cosine, linear_warmup
 from engine.state import (
     Aux,
@@ -61,6 +61,7 @@ __all__ = [
     # optimizers and schedules
     "Optimizer",
     "adam",
+    "flat",
     "adamw",
     "sgd",
     "with_hyperparams",

@@ -165,6 +165,37 @@ def sgd(
     return Optimizer(init, update)
 
 
+def flat(optimizer: Optimizer) -> Optimizer:
+    """optimizer run on one flat buffer per dtype: its state (Adam's moments) kept flat, the params and
+    gradients concatenated into one buffer each per step, the new params handed back as views of the
+    updated buffer. An elementwise optimizer (adam, adamw, sgd) is then a handful of kernels over all
+    parameters instead of a few per tensor, with the same arithmetic on every element: bitwise the
+    per-tensor update (tests/test_optim.py). Checkpoints hold the flat state as it is."""
+
+    def layout(params: Tensors) -> dict[str, list[str]]:  # dtype name -> the params' names, in order
+        groups: dict[str, list[str]] = {}
+        for name, p in params.items():
+            groups.setdefault(str(p.dtype).removeprefix("torch."), []).append(name)
+        return groups
+
+    def pack(tensors: Tensors, groups: dict[str, list[str]]) -> Tensors:
+        return {g: torch.cat([tensors[k].reshape(-1) for k in names]) for g, names in groups.items()}
+
+    def init(params: Tensors):
+        return optimizer.init(pack(params, layout(params)))
+
+    def update(grads: Tensors, opt, params: Tensors):
+        groups = layout(params)
+        new, opt = optimizer.update(pack(grads, groups), opt, pack(params, groups))
+        out = {}
+        for g, names in groups.items():
+            parts = new[g].split([params[k].numel() for k in names])
+            out.update({k: part.view(params[k].shape) for k, part in zip(names, parts, strict=True)})
+        return {k: out[k] for k in params}, opt
+
+    return Optimizer(init, update)
+
+
 def with_hyperparams(factory: Callable[..., Optimizer], **hyper: float) -> Optimizer:
     """factory(**hyper), with those hyperparameters kept as tensors in the optimizer state.
 

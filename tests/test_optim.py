@@ -144,3 +144,33 @@ def test_per_tensor_loop_and_injected_hyperparams_match_foreach(name):
     for k in want:  # the per-tensor loop runs the same kernels: bitwise equal
         torch.testing.assert_close(loop[k], want[k], rtol=0, atol=0)
         torch.testing.assert_close(injected[k], want[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd_nesterov"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_flat_buffers_update_bitwise_as_the_per_tensor_optimizer(name, compiled):
+    """One flat buffer per dtype (a bf16 tensor among the float32 ones makes a second): the same
+    params and state, bit for bit, after STEPS steps, eager and compiled."""
+    make = CASES[name][0]
+    model, x, y = _problem()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params["extra"] = torch.randn(5, 2).bfloat16()
+    per_tensor, flat = make(), engine.flat(make())
+    runs = {}
+    for label, opt in (("per-tensor", per_tensor), ("flat", flat)):
+        update = torch.compile(opt.update, fullgraph=True) if compiled else opt.update
+        p, state = dict(params), opt.init(params)
+        for _ in range(STEPS if not compiled else 10):
+            grads = torch.func.grad(lambda q: _loss(model, {k: v for k, v in q.items() if k != "extra"}, x, y)
+                                    + q["extra"].float().square().sum())(p)  # fmt: skip
+            p, state = update(grads, state, p)
+        runs[label] = (p, state)
+    (p_ref, s_ref), (p_flat, s_flat) = runs["per-tensor"], runs["flat"]
+    assert p_flat.keys() == p_ref.keys() and p_flat["extra"].dtype == torch.bfloat16
+    for k in p_ref:
+        assert p_flat[k].shape == p_ref[k].shape and torch.equal(p_flat[k], p_ref[k]), k
+    assert set(s_flat.get("mu", s_flat.get("momentum", {}))) == {"float32", "bfloat16"}  # one buffer each
+    for key in ("mu", "nu", "momentum"):
+        if key in s_ref:
+            flat_ref = torch.cat([s_ref[key][k].reshape(-1) for k in params if k != "extra"])
+            assert torch.equal(s_flat[key]["float32"], flat_ref)
