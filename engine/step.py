@@ -32,7 +32,7 @@ class StepOptions:
     (compile_step's)."""
 
     precision: str = "fp32"  # autocast policy: fp32, bf16, fp16 (fp16 adds dynamic loss scaling)
-    compile: bool | str | None = None  # None: compiled on CPU and CUDA (default_compile)
+    compile: bool | str | None = None  # None: compiled on CPU, CUDA graphs on one GPU (default_compile)
     donate: bool = False  # the step may write the new state into the old state's storage
     scaler_config: ScalerConfig = ScalerConfig()  # fp16 loss-scale growth and backoff
     all_reduce: Callable[[dict], dict] | None = None  # None: a single process
@@ -42,9 +42,14 @@ class StepOptions:
         autocast(self.precision, "cpu")  # validate the precision name now, not at the first step
 
 
-def default_compile(device_type: str) -> bool:
-    """Compile by default on CUDA, and on CPU too: the compiled steps measured faster than eager ones
-    on both (docs/performance.md has the figures); the first step pays for the compilation."""
+def default_compile(device_type: str, ranks: bool = False) -> bool | str:
+    """Compile by default on CPU and CUDA: the compiled steps measured faster than eager ones on both
+    (docs/performance.md has the figures); the first step pays for the compilation. On CUDA, one
+    process: with CUDA graphs (a small model's step is mostly kernel launches; a step that cannot be
+    captured falls back to plain compilation, one note). Several ranks (a collective inside the step):
+    without graphs."""
+    if device_type == "cuda" and not ranks:
+        return "cudagraphs"
     return device_type in ("cuda", "cpu")
 
 
@@ -169,12 +174,13 @@ def make_eval_step(
 COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs",
                  "cudagraphs": "reduce-overhead"}  # fmt: skip
 _GRAPHED = ("reduce-overhead", "max-autotune")  # torch modes that record CUDA graphs
+CAPTURE_CALLS = 3  # torch warms a graphed step up, then records it: its first calls may fail to capture
 
 
-def _resolve(compile, device_type: str) -> str | None:
+def _resolve(compile, device_type: str, ranks: bool = False) -> str | None:
     """The torch.compile mode for a compile= choice (None: run eagerly)."""
     if compile is None or compile == "auto":
-        compile = default_compile(device_type)
+        compile = default_compile(device_type, ranks)
     if isinstance(compile, bool):
         return "default" if compile else None
     return COMPILE_MODES.get(compile, compile)  # a name above, or a torch.compile mode as it is
@@ -197,14 +203,17 @@ def compile_step(step, options: StepOptions = StepOptions()):
     built with the same options) writes every new value into its input's storage: the state tensors
     are marked as static addresses once and updated in place, replay after replay. An undonated
     step's new state is copied out of the pool. Either way the metrics are copied out before the
-    next replay, which torch.compiler.cudagraph_mark_step_begin() announces."""
+    next replay, which torch.compiler.cudagraph_mark_step_begin() announces. Graphs chosen by the
+    default (compile None or "auto") are tried for the first CAPTURE_CALLS calls: a call that raises
+    there puts a donated state back as it was, says so in one note and reruns compiled without them."""
     compile, donate, cache = options.compile, options.donate, options.cache
-    compiled = {}
+    chosen = compile is None or compile == "auto"  # CUDA graphs by default: a failed capture falls back
+    compiled, trial = {}, {}
 
     def run(state, batch: dict):
         device_type = state.step.device.type  # TrainState and GANState both have .step
         if device_type not in compiled:
-            mode = _resolve(compile, device_type)
+            mode = _resolve(compile, device_type, options.all_reduce is not None)
             if mode is None:
                 fn = step
             elif cache is not None and mode not in _GRAPHED:
@@ -214,9 +223,24 @@ def compile_step(step, options: StepOptions = StepOptions()):
             if mode in _GRAPHED and donate:
                 tree_map(torch._dynamo.mark_static_address, state)
             compiled[device_type] = (fn, mode in _GRAPHED)
+            trial[device_type] = CAPTURE_CALLS if chosen and mode in _GRAPHED else 0
         fn, graphed = compiled[device_type]
         if not graphed:
             return fn(state, batch)
+        if trial[device_type]:  # the calls that warm up and record the graph
+            trial[device_type] -= 1
+            before = tree_map(torch.clone, state) if donate else None
+            try:
+                return replay(fn, state, batch)
+            except Exception as e:
+                _note("CUDA graphs could not capture this step: it runs compiled without them", e)
+                if before is not None:  # a donated state may hold a half-done update: put it back
+                    tree_map(lambda now, was: now.copy_(was), state, before)
+                compiled[device_type] = (torch.compile(step, fullgraph=True), False)
+                return compiled[device_type][0](state, batch)
+        return replay(fn, state, batch)
+
+    def replay(fn, state, batch):
         torch.compiler.cudagraph_mark_step_begin()
         new, metrics = fn(state, batch)
         if not donate:  # out of the pool: the next replay reuses it

@@ -89,7 +89,8 @@ class TrainingFlags(DeviceFlags):
     batch_size: int = option(128, "training batch size (the last partial batch is dropped)")
     compile: str = option(
         "auto",
-        "torch.compile of the whole step: auto (compiled, default mode, on CPU and CUDA), off, default, "
+        "torch.compile of the whole step: auto (compiled on CPU; on one GPU with CUDA graphs, plain "
+        "compilation where a step cannot be captured), off, default, "
         "max-autotune, cudagraphs (CUDA graphs; reduce-overhead); --no-compile = off",
         COMPILE,
     )

@@ -190,3 +190,51 @@ def test_vamp_prior_and_free_bits_steps_compile_to_one_graph(prior, free_bits):
     for k in a.params:  # Adam turns a reordered near-zero gradient into an lr-sized step: atol 1e-4
         torch.testing.assert_close(b.params[k], a.params[k], rtol=1e-4, atol=1e-4)
     assert ("pseudo_logits" in b.params) == (prior == "vamp")  # learned by the step, with the rest
+
+
+def test_cuda_graphs_are_the_one_gpu_default_and_a_failed_capture_falls_back_without_losing_a_step(
+    monkeypatch, capfd
+):
+    from engine.step import _resolve
+
+    assert _resolve("auto", "cuda") == "reduce-overhead" and _resolve(None, "cuda") == "reduce-overhead"
+    assert _resolve("auto", "cuda", ranks=True) == "default"  # a collective in the step: no graphs
+    assert _resolve("auto", "cpu") == "default" and _resolve("default", "cuda") == "default"
+    # A capture that fails on its second call after writing into the donated state (as a broken
+    # recording could): the step must come back as the eager one, no update lost or applied twice.
+    real_compile, calls = torch.compile, {"graphed": 0}
+
+    def fake_compile(fn, fullgraph=False, mode=None):
+        if mode != "reduce-overhead":
+            return fn  # the fallback: eager here, what matters is which state it gets
+
+        def graphed(state, batch):
+            calls["graphed"] += 1
+            if calls["graphed"] == 2:
+                for v in state.params.values():
+                    v.add_(1.0)  # a half-done update in the donated storage
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            return fn(state, batch)
+
+        return graphed
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(engine.step, "default_compile", lambda device_type, ranks=False: "cudagraphs")
+    _, loss_fn, opt, state = _setup("vae", "mlp")
+    eager = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile=False))
+    by_default = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile="auto", donate=True))
+    a, b = engine.clone_state(state), engine.clone_state(state)
+    for i in range(4):
+        a, _ = eager(a, _batch(i))
+        b, _ = by_default(b, _batch(i))
+    monkeypatch.setattr(torch, "compile", real_compile)
+    assert _equal(a, b) and calls["graphed"] == 2  # after the failure the graphed step is never called
+    err = capfd.readouterr().err
+    assert err.count("note: CUDA graphs could not capture this step") == 1 and len(err.splitlines()) == 1
+    # chosen explicitly, a failure is the user's to see
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    calls["graphed"] = 0
+    explicit = engine.make_train_step(loss_fn, opt, engine.StepOptions(compile="cudagraphs", donate=True))
+    explicit(engine.clone_state(state), _batch(0))
+    with pytest.raises(RuntimeError, match="capturing"):
+        explicit(engine.clone_state(state), _batch(1))
