@@ -37,9 +37,8 @@ def main(argv=None):
         print(nll_line(result))
     for layer, units in enumerate(result.get("active_units_per_layer", []), start=1):
         if units == 0:  # the posterior-collapse check, per layer
-            print(
-                f"z{layer} has collapsed to its prior: no active unit, KL {result['kl_per_layer'][layer - 1]:.2f}"
-            )
+            kl = result["kl_per_layer"][layer - 1]
+            print(f"z{layer} has collapsed to its prior: no active unit, KL {kl:.2f} nats")
     # processes sharing the NLL: one at a time (a planted link is refused, not followed)
     with os.fdopen(open_regular(Path(args.run_dir) / ".eval.lock", os.O_WRONLY | os.O_CREAT), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
