@@ -146,8 +146,9 @@ def test_per_tensor_loop_and_injected_hyperparams_match_foreach(name):
         torch.testing.assert_close(injected[k], want[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd_nesterov"])
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize(
+    "name,compiled", [("adam", False), ("adamw", False), ("sgd_nesterov", False), ("adam", True)]
+)
 def test_flat_buffers_update_bitwise_as_the_per_tensor_optimizer(name, compiled):
     """One flat buffer per dtype (a bf16 tensor among the float32 ones makes a second): the same
     params and state, bit for bit, after STEPS steps, eager and compiled."""
