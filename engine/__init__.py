@@ -38,6 +38,7 @@ from engine.state import (
 from engine.step import (
     COMPILE_MODES,
     StepOptions,
+    compile_mode,
     compile_step,
     make_eval_step,
     make_pure_train_step,
@@ -78,6 +79,7 @@ __all__ = [
     # steps
     "StepOptions",
     "COMPILE_MODES",
+    "compile_mode",
     "make_train_step",
     "make_pure_train_step",
     "make_vmapped_train_step",

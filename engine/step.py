@@ -177,7 +177,7 @@ _GRAPHED = ("reduce-overhead", "max-autotune")  # torch modes that record CUDA g
 CAPTURE_CALLS = 3  # torch warms a graphed step up, then records it: its first calls may fail to capture
 
 
-def _resolve(compile, device_type: str, ranks: bool = False) -> str | None:
+def compile_mode(compile, device_type: str, ranks: bool = False) -> str | None:
     """The torch.compile mode for a compile= choice (None: run eagerly)."""
     if compile is None or compile == "auto":
         compile = default_compile(device_type, ranks)
@@ -213,7 +213,7 @@ def compile_step(step, options: StepOptions = StepOptions()):
     def run(state, batch: dict):
         device_type = state.step.device.type  # TrainState and GANState both have .step
         if device_type not in compiled:
-            mode = _resolve(compile, device_type, options.all_reduce is not None)
+            mode = compile_mode(compile, device_type, options.all_reduce is not None)
             if mode is None:
                 fn = step
             elif cache is not None and mode not in _GRAPHED:

@@ -195,11 +195,11 @@ def test_vamp_prior_and_free_bits_steps_compile_to_one_graph(prior, free_bits):
 def test_cuda_graphs_are_the_one_gpu_default_and_a_failed_capture_falls_back_without_losing_a_step(
     monkeypatch, capfd
 ):
-    from engine.step import _resolve
+    from engine import compile_mode
 
-    assert _resolve("auto", "cuda") == "reduce-overhead" and _resolve(None, "cuda") == "reduce-overhead"
-    assert _resolve("auto", "cuda", ranks=True) == "default"  # a collective in the step: no graphs
-    assert _resolve("auto", "cpu") == "default" and _resolve("default", "cuda") == "default"
+    assert compile_mode("auto", "cuda") == compile_mode(None, "cuda") == "reduce-overhead"
+    assert compile_mode("auto", "cuda", ranks=True) == "default"  # a collective in the step: no graphs
+    assert compile_mode("auto", "cpu") == "default" and compile_mode("default", "cuda") == "default"
     # A capture that fails on its second call after writing into the donated state (as a broken
     # recording could): the step must come back as the eager one, no update lost or applied twice.
     real_compile, calls = torch.compile, {"graphed": 0}
