@@ -70,7 +70,6 @@ def evaluate(
     if logvar_te is not None:  # VAE: the likelihood side
         g = torch.Generator(device=x_te.device).manual_seed(TEST_SEED + 1)
         eps = torch.randn(mu_te.shape, generator=g, device=x_te.device)
-        z = mu_te + eps * torch.exp(0.5 * logvar_te)
         vamp, layers = getattr(model, "pseudo_logits", None) is not None, getattr(model, "layers", 1)
         if layers == 2:  # one draw of each layer, per-layer KL and active units
             m = _hierarchical_elbo(model, x_te, eps, vamp)
@@ -83,6 +82,7 @@ def evaluate(
                 ],
             )
         else:
+            z = mu_te + eps * torch.exp(0.5 * logvar_te)
             kl = None  # N(0, I): the analytic KL; the VampPrior: log q(z|x) - log p(z) at the same draw
             if vamp:
                 log_pz = torch.cat([model.log_prior(z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)])
@@ -112,14 +112,12 @@ def evaluate(
 @torch.no_grad()
 def _hierarchical_elbo(model, x, eps, vamp: bool) -> dict[str, torch.Tensor]:
     """A two-layer VAE's -ELBO, KL and per-layer KL on x, one draw per image (eps (N, 2Z)), in chunks."""
-    parts = []
+    sums = {}
     for i in range(0, len(x), CHUNK):
         xi, ei = x[i : i + CHUNK], eps[i : i + CHUNK]
-        parts.append(hierarchical_elbo(model(xi, ei), xi, ei, vamp=vamp)[1])
-    return {
-        k: sum(p[k] * len(x[i * CHUNK : (i + 1) * CHUNK]) for i, p in enumerate(parts)) / len(x)
-        for k in parts[0]
-    }
+        for k, v in hierarchical_elbo(model(xi, ei), xi, ei, vamp=vamp)[1].items():  # chunk means
+            sums[k] = sums.get(k, 0.0) + v * len(xi)
+    return {k: v / len(x) for k, v in sums.items()}
 
 
 def weights_digest(path: Path) -> str:

@@ -123,10 +123,8 @@ def plot_latents(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path, tit
     allz = torch.cat([z for _, z, _ in panels]).float().cpu()
     for ax, (name, z, labels) in zip(axes[0], panels):
         z, labels = z.float().cpu(), labels.cpu()
-        lo, hi = (
-            (allz if shared else z).quantile(0.001, dim=0),
-            (allz if shared else z).quantile(0.999, dim=0),
-        )
+        limits = allz if shared else z
+        lo, hi = limits.quantile(0.001, dim=0), limits.quantile(0.999, dim=0)
         sc = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=2, alpha=0.6, vmin=-0.5, vmax=9.5)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="code dim 1", ylabel="code dim 2", title=name)
         ax.grid(alpha=0.3)
