@@ -3,7 +3,7 @@ collectives and the checkpoint format. It knows no model, metric name, CLI flag 
 the harness (data, loops, runs) and the evaluation (FID, plots, reports) are packages of their own."""
 
 from engine.amp import PRECISIONS, ScalerConfig, autocast, scaler_init, scaler_update, unscale
-from engine.cache import UntrustedEntry, cache_key, read_signed
+from engine.cache import UntrustedEntry, cache_key, fingerprint, read_signed
 from engine.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -96,6 +96,7 @@ __all__ = [
     # the compiled-step cache's trust
     "UntrustedEntry",
     "cache_key",
+    "fingerprint",
     "read_signed",
     "load_checkpoint",
     "load_weights",

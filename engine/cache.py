@@ -6,12 +6,18 @@ signature is refused before torch sees a byte of it."""
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
+import types
 from pathlib import Path
+
+import torch
 
 KEY = "key"  # beside the entries
 MAX_ENTRY = 1 << 30  # bytes of one compiled artifact
@@ -93,3 +99,71 @@ def remove_entry(path: Path) -> None:
 
 def _sig_path(path: Path) -> Path:
     return path.with_name(path.name + ".sig")
+
+
+def fingerprint(fn, inputs=()) -> str:
+    """16 hex digits naming what a traced step bakes in, reached from fn through closures, defaults,
+    bound objects, containers and attributes: each function's code, every value it closes over, the
+    modules' classes and non-tensor attributes, the shapes and dtypes of their parameters and
+    buffers and of the inputs (their values come in at each call, they are not constants), any other
+    tensor whole, and the torch settings that change lowering. Globals are not followed: the caller's
+    file name covers the source (harness.stepcache hashes it). Two builds of the same step give the
+    same digest, whatever flags around it differ."""
+    h, index = hashlib.sha256(), {}
+
+    def put(*parts):
+        h.update(repr(parts).encode())
+
+    def visit(obj, values=True):  # values=False: a tensor's layout only (weights, inputs)
+        if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+            return put(type(obj).__name__, obj)
+        if id(obj) in index:  # shared or cyclic: a back-reference by first-visit order
+            return put("ref", index[id(obj)])
+        index[id(obj)] = len(index)
+        kind = type(obj)
+        put(kind.__module__, kind.__qualname__)
+        if isinstance(obj, torch.Tensor):
+            put(tuple(obj.shape), tuple(obj.stride()), obj.dtype, obj.device.type, obj.requires_grad)
+            if values and not obj.is_meta:
+                h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, types.CodeType):
+            put(obj.co_code, obj.co_names, obj.co_varnames)
+            for const in obj.co_consts:
+                visit(const)
+        elif isinstance(obj, types.FunctionType):
+            put(obj.__module__, obj.__qualname__)
+            for part in (obj.__code__, obj.__defaults__, obj.__kwdefaults__):
+                visit(part)
+            for cell in obj.__closure__ or ():
+                try:
+                    visit(cell.cell_contents)
+                except ValueError:  # an empty cell (a name not yet bound)
+                    put("empty")
+        elif isinstance(obj, types.MethodType):
+            visit(obj.__func__), visit(obj.__self__)
+        elif isinstance(obj, functools.partial):
+            visit(obj.func), visit(obj.args), visit(obj.keywords)
+        elif isinstance(obj, types.ModuleType | type | enum.Enum):
+            put(getattr(obj, "__name__", str(obj)))
+        elif isinstance(obj, torch.nn.Module):
+            for key, value in vars(obj).items():
+                put(key), visit(value, values=key not in ("_parameters", "_buffers"))
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                visit(key), visit(value, values)
+        elif isinstance(obj, list | tuple):
+            for item in obj:
+                visit(item, values)
+        elif isinstance(obj, set | frozenset):
+            put(sorted(repr(item) for item in obj))
+        elif hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):
+            slots = [s for c in kind.__mro__ for s in getattr(c, "__slots__", ())]
+            visit(getattr(obj, "__dict__", {}), values), visit([getattr(obj, s, None) for s in slots], values)
+        else:
+            put(re.sub(r" at 0x[0-9a-f]+", "", repr(obj)))
+
+    visit(fn), visit(inputs, values=False)
+    put(torch.__version__, torch.get_float32_matmul_precision(), torch.get_default_dtype(),
+        torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # fmt: skip
+    return h.hexdigest()[:16]

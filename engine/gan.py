@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -107,10 +106,7 @@ def make_gan_step(
 
     if reg_every == 1:
         return compile_step(regularized, options)
-    cache = options.cache
-    penalised = compile_step(
-        regularized, options if cache is None else replace(options, cache=f"{cache}.reg")
-    )
+    penalised = compile_step(regularized, options)  # a file of its own: its fingerprint differs
     unpenalised = compile_step(plain, options)
     seen = {"state": None, "taken": 0}  # the last state returned, and its step count
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
-from engine.cache import UntrustedEntry, cache_key, read_signed, remove_entry, sign
+from engine.cache import UntrustedEntry, cache_key, fingerprint, read_signed, remove_entry, sign
 from engine.optim import Optimizer
 from engine.state import Aux, TrainState, tree_map, write_state
 
@@ -216,8 +216,11 @@ def compile_step(step, options: StepOptions = StepOptions()):
             mode = compile_mode(compile, device_type, options.all_reduce is not None)
             if mode is None:
                 fn = step
-            elif cache is not None and mode not in _GRAPHED:
-                fn = _cached(step, mode, (state, batch), Path(cache))
+            elif cache is not None and mode not in _GRAPHED:  # the file named by the step's fingerprint
+                path, args = Path(cache), (state, batch)
+                fn = _cached(
+                    step, mode, args, path.with_stem(f"{path.stem}-{fingerprint((step, mode), args)}")
+                )
             else:
                 fn = torch.compile(step, fullgraph=True, mode=mode)
             if mode in _GRAPHED and donate:

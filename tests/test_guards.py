@@ -40,11 +40,13 @@ class _Payload:
 
 def test_a_planted_pickle_in_the_compile_cache_is_refused_removed_and_never_run(tmp_path, capsys):
     ref, _ = _steps(*_build(None))
-    path, marker = tmp_path / "steps" / "net.aot", tmp_path / "ran"
-    path.parent.mkdir()
-    path.write_bytes(pickle.dumps(_Payload(marker)))
+    marker, base = tmp_path / "ran", tmp_path / "steps" / "net.aot"
+    _steps(*_build(base))  # the step's file: net-<its fingerprint>.aot
+    [path] = (tmp_path / "steps").glob("net-*.aot")
+    path.with_name(path.name + ".sig").unlink()
+    path.write_bytes(pickle.dumps(_Payload(marker)))  # planted under the name the step looks up
     torch._dynamo.reset()
-    got, _ = _steps(*_build(path))  # compiled afresh, saved and signed over the planted file
+    got, _ = _steps(*_build(base))  # compiled afresh, saved and signed over the planted file
     assert not marker.exists()
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     assert "refused and removed" in capsys.readouterr().err
@@ -58,7 +60,7 @@ def test_a_planted_pickle_in_the_compile_cache_is_refused_removed_and_never_run(
     assert pytest.raises(UntrustedEntry, read_signed, path).match("does not match its signature")
     path.unlink()
     torch._dynamo.reset()
-    _steps(*_build(path))  # a genuine entry again
+    _steps(*_build(base))  # a genuine entry again
     os.chmod(path, 0o666)
     assert pytest.raises(UntrustedEntry, read_signed, path).match("writable by others")
     sig.unlink()

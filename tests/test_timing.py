@@ -97,10 +97,11 @@ def test_the_compiled_step_cache_is_saved_then_loaded_and_bitwise_equal_to_compi
     ref, ref_metrics = _run(*_build(None))
     path = tmp_path / "steps" / "net.aot"
     torch._dynamo.reset()
-    first, _ = _run(*_build(path))  # compiled ahead of time, saved
-    assert path.stat().st_size > 0
+    first, _ = _run(*_build(path))  # compiled ahead of time, saved under the step's fingerprint
+    [entry] = path.parent.glob("net-*.aot")
+    assert entry.stat().st_size > 0
     torch._dynamo.reset()
-    step, state = _build(path)
+    step, state = _build(path)  # built again: new objects, the same fingerprint
     with torch._dynamo.config.patch(error_on_recompile=True):
         calls = torch._dynamo.utils.counters["stats"]["calls_captured"]
         loaded, metrics = _run(step, state)  # loaded: dynamo traces nothing
@@ -114,30 +115,89 @@ def test_the_compiled_step_cache_is_saved_then_loaded_and_bitwise_equal_to_compi
 def test_a_damaged_cache_file_falls_back_to_compiling_with_a_note(tmp_path, capsys):
     ref, _ = _run(*_build(None))
     path = tmp_path / "net.aot"
-    path.write_bytes(b"not a compiled step")
+    _run(*_build(path))
+    [entry] = tmp_path.glob("net-*.aot")
+    entry.write_bytes(b"not a compiled step")
     torch._dynamo.reset()
     got, _ = _run(*_build(path))
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     assert "compiled-step cache" in capsys.readouterr().err
 
 
-def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that(tmp_path, monkeypatch):
+def test_a_fingerprint_sees_what_a_trace_bakes_in_and_not_the_weights_or_inputs():
+    def build(seed=0, scale=2.0, constant=None, attr=0.5):
+        torch.manual_seed(seed)
+        net = _Net()
+        net.attr = attr  # a plain attribute forward could read: baked into a trace
+        shift = torch.ones(3) if constant is None else constant
+
+        def loss_fn(params, buffers, batch):
+            return (scale * batch["x"]).sum() + shift.sum(), None
+
+        return loss_fn, net
+
+    x = {"x": torch.randn(4, 6)}
+    base = engine.fingerprint(build(), x)
+    assert engine.fingerprint(build(seed=1), {"x": torch.randn(4, 6)}) == base  # other weights and inputs
+    for changed in (build(scale=3.0), build(constant=torch.zeros(3)), build(attr=0.6)):
+        assert engine.fingerprint(changed, x) != base
+    assert engine.fingerprint(build(), {"x": torch.randn(5, 6)}) != base  # an input of another shape
+    assert engine.fingerprint(build(), {"x": torch.randn(6, 4).t()}) != base  # or layout
+
+
+@pytest.fixture
+def step_file(data_root, tmp_path, monkeypatch):
+    """step_file(main, *flags): the file the run's first compiled step would be saved to,
+    found by running the command up to that step (nothing is compiled)."""
+    import engine.step
+
+    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DATA_DIR", str(data_root))
+    names = []
+
+    def stop(step, mode, args, path):
+        names.append(path)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engine.step, "_cached", stop)
+
+    def path(main, *flags):
+        run = tmp_path / f"run{len(names)}"
+        with pytest.raises(SystemExit):
+            main([*flags, "--run-dir", str(run), "--no-progress", "--no-tensorboard"])
+        return names[-1]
+
+    return path
+
+
+def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that(
+    step_file, tmp_path, monkeypatch
+):
+    from experiments import ae, gan, vae
+
+    path = step_file
+    parity = ("--arch", "mlp", "--epochs", "10", "--batch-size", "128", "--lr", "1e-3")
+    base = path(vae.main, *parity)
+    assert base.parent == tmp_path / "cache" / "steps" and base.name.startswith("vae-step-")
+    # what never reaches the step: the seed, the epochs (no schedule), a data set of the same shape
+    same = path(
+        vae.main, *parity, "--seed", "3", "--epochs", "2", "--dataset", "fashion-mnist", "--val-split", "100"
+    )
+    assert same == base
+    for changed in (("--lr", "2e-3"), ("--latent-dim", "8"), ("--precision", "bf16"), ("--batch-size", "64"),
+                    ("--kl-warmup", "100"), ("--lr-decay", "cosine"), ("--arch", "conv")):  # fmt: skip
+        assert path(vae.main, *parity, *changed) != base, changed
+    assert path(vae.main, *parity, "--lr-decay", "cosine") != path(
+        vae.main, *parity, "--lr-decay", "cosine", "--epochs", "3"
+    )
+    assert path(ae.main, "--dataset", "fashion-mnist") == path(ae.main)
+    assert path(gan.main, "--epochs", "3") == path(gan.main)
     from experiments.vae import VAEConfig
     from harness.stepcache import step_cache_path
 
-    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
-
-    def path(**flags):
-        return step_cache_path(VAEConfig(**flags), "vae", 1, torch.device("cpu"))
-
-    base = path(arch="mlp")
-    assert base.parent == tmp_path / "steps"
-    assert path(arch="mlp", seed=3, run_dir="elsewhere", max_steps=5, progress=False) == base
-    for changed in ({"lr": 2e-3}, {"latent_dim": 8}, {"precision": "bf16"}, {"epochs": 3}, {"arch": "conv"}):
-        assert path(**{"arch": "mlp", **changed}) != base, changed
-    assert path(arch="mlp", compile_cache=False) is None
+    assert step_cache_path(VAEConfig(compile_cache=False), "vae", 1, torch.device("cpu")) is None
     monkeypatch.setenv("PURESTEP_CACHE", "off")
-    assert path(arch="mlp") is None
+    assert step_cache_path(VAEConfig(), "vae", 1, torch.device("cpu")) is None
 
 
 def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -179,25 +239,12 @@ def test_tensorboard_holds_the_logged_records_and_a_resume_logs_no_step_twice(da
     assert "sprite" in projector and "metadata.tsv" in projector
 
 
-def test_warm_prepares_the_very_cache_entries_the_default_commands_load(tmp_path, monkeypatch):
-    from experiments.ae import AEConfig
-    from experiments.gan import GANConfig
-    from experiments.vae import VAEConfig
+def test_warm_prepares_the_very_cache_entries_the_default_commands_load(step_file):
     from experiments.warm import COMMANDS
-    from harness import parse_config
-    from harness.stepcache import step_cache_path
 
-    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
-    configs = {"experiments.vae": (VAEConfig, "vae"), "experiments.ae": (AEConfig, "ae"),
-               "experiments.gan": (GANConfig, "gan")}  # fmt: skip
     for entry, flags, loop in COMMANDS.values():
-        cls, experiment = configs[entry.__module__]
-        warm = [*flags, *loop, "--run-dir", "scratch", "--no-progress", "--no-tensorboard"]
-        paths = [
-            step_cache_path(parse_config(cls, argv)[0], experiment, 1, torch.device("cpu"))
-            for argv in (flags, warm)
-        ]
-        assert paths[0] == paths[1], (flags, loop)
+        command = step_file(entry, *flags)
+        assert step_file(entry, *flags, *loop) == command, (flags, loop)
 
 
 def test_warm_fills_the_cache_and_the_command_then_loads_it(data_root, tmp_path, monkeypatch):
