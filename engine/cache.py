@@ -10,6 +10,7 @@ import enum
 import functools
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -104,12 +105,13 @@ def _sig_path(path: Path) -> Path:
 def fingerprint(fn, inputs=()) -> str:
     """16 hex digits naming what a traced step bakes in, reached from fn through closures, defaults,
     bound objects, containers and attributes: each function's code, every value it closes over, the
-    modules' classes and non-tensor attributes, the shapes and dtypes of their parameters and
+    modules' classes and their instance and class attributes, the layouts of their parameters and
     buffers and of the inputs (their values come in at each call, they are not constants), any other
-    tensor whole, and the torch settings that change lowering. Globals are not followed: the caller's
-    file name covers the source (harness.stepcache hashes it). Two builds of the same step give the
-    same digest, whatever flags around it differ."""
-    h, index = hashlib.sha256(), {}
+    tensor whole, and the torch settings that change lowering (inductor's and AOTAutograd's config
+    included). Globals are not followed: the caller's file name covers the source (harness.stepcache
+    hashes it). Two builds of the same step give the same digest, whatever flags around it differ;
+    a value it cannot read raises (the caller compiles without a file)."""
+    h, index, alive = hashlib.sha256(), {}, []
 
     def put(*parts):
         h.update(repr(parts).encode())
@@ -117,15 +119,20 @@ def fingerprint(fn, inputs=()) -> str:
     def visit(obj, values=True):  # values=False: a tensor's layout only (weights, inputs)
         if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
             return put(type(obj).__name__, obj)
-        if id(obj) in index:  # shared or cyclic: a back-reference by first-visit order
-            return put("ref", index[id(obj)])
-        index[id(obj)] = len(index)
+        if isinstance(obj, os.PathLike):  # by its text (a Path caches parts of itself lazily)
+            return put("path", os.fspath(obj))
+        if (id(obj), values) in index:  # shared or cyclic: a back-reference by first-visit order
+            return put("ref", index[id(obj), values])
+        index[id(obj), values] = len(index)
+        alive.append(obj)  # no id reused by a later object while this runs
         kind = type(obj)
         put(kind.__module__, kind.__qualname__)
         if isinstance(obj, torch.Tensor):
             put(tuple(obj.shape), tuple(obj.stride()), obj.dtype, obj.device.type, obj.requires_grad)
-            if values and not obj.is_meta:
+            if values:
                 h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif kind.__module__ == "numpy" and hasattr(obj, "tobytes"):
+            put(getattr(obj, "shape", ()), str(getattr(obj, "dtype", ""))), h.update(obj.tobytes())
         elif isinstance(obj, types.CodeType):
             put(obj.co_code, obj.co_names, obj.co_varnames)
             for const in obj.co_consts:
@@ -139,13 +146,18 @@ def fingerprint(fn, inputs=()) -> str:
                     visit(cell.cell_contents)
                 except ValueError:  # an empty cell (a name not yet bound)
                     put("empty")
-        elif isinstance(obj, types.MethodType):
-            visit(obj.__func__), visit(obj.__self__)
+        elif isinstance(obj, types.MethodType | types.BuiltinMethodType):
+            put(getattr(obj, "__qualname__", "")), visit(getattr(obj, "__func__", None)), visit(obj.__self__)
         elif isinstance(obj, functools.partial):
             visit(obj.func), visit(obj.args), visit(obj.keywords)
-        elif isinstance(obj, types.ModuleType | type | enum.Enum):
-            put(getattr(obj, "__name__", str(obj)))
+        elif isinstance(obj, enum.Enum):
+            put(obj.name), visit(obj.value)
+        elif isinstance(obj, type):
+            put(obj.__module__, obj.__qualname__), visit(_class_values(obj))
+        elif isinstance(obj, types.ModuleType):
+            put(obj.__name__)
         elif isinstance(obj, torch.nn.Module):
+            visit(_class_values(kind))
             for key, value in vars(obj).items():
                 put(key), visit(value, values=key not in ("_parameters", "_buffers"))
         elif isinstance(obj, dict):
@@ -155,15 +167,56 @@ def fingerprint(fn, inputs=()) -> str:
             for item in obj:
                 visit(item, values)
         elif isinstance(obj, set | frozenset):
-            put(sorted(repr(item) for item in obj))
+            put(sorted(_text(item) for item in obj))
         elif hasattr(obj, "__dict__") or hasattr(obj, "__slots__"):
-            slots = [s for c in kind.__mro__ for s in getattr(c, "__slots__", ())]
-            visit(getattr(obj, "__dict__", {}), values), visit([getattr(obj, s, None) for s in slots], values)
+            visit(_class_values(kind))
+            visit(getattr(obj, "__dict__", {}), values)
+            visit([getattr(obj, name, None) for name in _slots(kind)], values)
         else:
-            put(re.sub(r" at 0x[0-9a-f]+", "", repr(obj)))
+            put(_text(obj))
 
     visit(fn), visit(inputs, values=False)
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config  # loaded by any compilation anyway
+
+    # the configs torch's own graph caches key on (dynamo's steers tracing and checks, not the code)
+    settings = [functorch_config.save_config_portable(), inductor_config.save_config_portable()]
     put(torch.__version__, torch.get_float32_matmul_precision(), torch.get_default_dtype(),
         torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # fmt: skip
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.deterministic)  # fmt: skip
+    put(_text(json.dumps(settings, sort_keys=True, default=_unordered)))
     return h.hexdigest()[:16]
+
+
+def _text(obj) -> str:
+    """repr without memory addresses (they differ from process to process)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", obj if isinstance(obj, str) else repr(obj))
+
+
+def _unordered(obj):
+    """json's fallback: a set in a fixed order, anything else by its repr."""
+    return sorted(map(_text, obj)) if isinstance(obj, set | frozenset) else _text(obj)
+
+
+def _class_values(cls: type) -> dict:
+    """The plain values of a class and its bases (what `self.x` reads when no instance has x), by
+    name; methods, descriptors and dunders are left to the source hash."""
+    found = {}
+    for base in reversed(cls.__mro__[:-1]):  # object's own are torch's and Python's
+        for name, value in vars(base).items():
+            skip = name.startswith("__") or callable(value) or hasattr(value, "__get__")
+            if not skip:
+                found[name] = value
+    return found
+
+
+def _slots(cls: type) -> list[str]:
+    """Every __slots__ name of a class and its bases, as getattr needs it (private names mangled)."""
+    names = []
+    for base in cls.__mro__:
+        slots = getattr(base, "__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            private = name.startswith("__") and not name.endswith("__")
+            names.append(f"_{base.__name__.lstrip('_')}{name}" if private else name)
+    return names

@@ -216,11 +216,12 @@ def compile_step(step, options: StepOptions = StepOptions()):
             mode = compile_mode(compile, device_type, options.all_reduce is not None)
             if mode is None:
                 fn = step
-            elif cache is not None and mode not in _GRAPHED:  # the file named by the step's fingerprint
-                path, args = Path(cache), (state, batch)
-                fn = _cached(
-                    step, mode, args, path.with_stem(f"{path.stem}-{fingerprint((step, mode), args)}")
-                )
+            elif (
+                cache is not None
+                and mode not in _GRAPHED
+                and (path := _entry(cache, step, mode, state, batch))
+            ):
+                fn = _cached(step, mode, (state, batch), path)
             else:
                 fn = torch.compile(step, fullgraph=True, mode=mode)
             if mode in _GRAPHED and donate:
@@ -267,6 +268,17 @@ def _modules(fn) -> dict[str, nn.Module]:
         elif callable(obj) and getattr(obj, "__closure__", None):
             todo += [cell.cell_contents for cell in obj.__closure__ if cell.cell_contents is not None]
     return found
+
+
+def _entry(cache, step, mode: str, state, batch) -> Path | None:
+    """The cache file: the caller's name and the step's fingerprint; None (one note: compiled without
+    a file) where the fingerprint cannot read a value the step holds."""
+    base = Path(cache)
+    try:
+        return base.with_stem(f"{base.stem}-{fingerprint((step, mode), (state, batch))}")
+    except Exception as e:
+        _note(f"compiled-step cache {base} not used", e)
+        return None
 
 
 def _cached(step, mode: str, args: tuple, path: Path):

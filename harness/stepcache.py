@@ -25,15 +25,19 @@ def _project_sources(entry_point: str | None) -> list[Path]:
 def step_cache_path(cfg, experiment: str, world_size: int, device, name: str = "step") -> Path | None:
     """The file for a run's compiled `name` step (engine.compile_step's cache), or None
     (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes the experiment, the data-parallel
-    world size, the device, torch and Python, and the source of the engine, losses, models and of the
-    config's own module; engine.compile_step appends the step's fingerprint (the values it closes
-    over: learning rate, shapes, precision, ...), so a flag that never reaches the step (the seed, the
-    epochs without a schedule, the data set of the same shape) reuses the compiled step, and any
-    change that does reach it compiles afresh."""
+    world size, the device (a GPU's compute capability, the CPU's vector extensions), torch and
+    Python, and the source of the engine, losses, models and of the config's own module;
+    engine.compile_step appends the step's fingerprint (the values it closes over: learning rate,
+    shapes, precision, ...), so a flag that never reaches the step (the seed, the epochs without a
+    schedule, the data set of the same shape) reuses the compiled step, and any change that does
+    reach it compiles afresh."""
     where = os.environ.get("PURESTEP_CACHE", "")
     if not cfg.compile_cache or where == "off":
         return None
-    salt = [experiment, name, world_size, str(device), torch.__version__, sys.version]
+    device = torch.device(device)
+    chip = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    cpu = torch.backends.cpu.get_cpu_capability()  # the vector extensions the kernels were built for
+    salt = [experiment, name, world_size, str(device), chip, cpu, torch.__version__, sys.version]
     h = hashlib.sha256(json.dumps(salt, sort_keys=True, default=str).encode())
     entry_point = getattr(sys.modules.get(type(cfg).__module__), "__file__", None)
     for source in _project_sources(entry_point):

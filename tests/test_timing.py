@@ -4,6 +4,7 @@ terminal, and the compiled-step cache (engine.compile_step(cache=...)) against t
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,48 @@ def test_a_fingerprint_sees_what_a_trace_bakes_in_and_not_the_weights_or_inputs(
         assert engine.fingerprint(changed, x) != base
     assert engine.fingerprint(build(), {"x": torch.randn(5, 6)}) != base  # an input of another shape
     assert engine.fingerprint(build(), {"x": torch.randn(6, 4).t()}) != base  # or layout
+
+
+def test_a_fingerprint_reads_slots_class_values_and_paths_alike_in_every_process():
+    class Slotted:
+        __slots__ = ("__value",)  # private: stored mangled
+
+        def __init__(self, value):
+            self.__value = value
+
+    class Scaled:
+        factor = 1.0  # a class value `self.factor` reads
+
+    assert engine.fingerprint((Slotted(1), Slotted(2))) != engine.fingerprint((Slotted(1), Slotted(3)))
+    before = engine.fingerprint(Scaled())
+    Scaled.factor = 2.0
+    assert engine.fingerprint(Scaled()) != before
+    weight = torch.ones(3)
+    held = (lambda w: lambda: w)(weight)  # a closure constant that is also an input
+    before = engine.fingerprint(held, (weight,))
+    weight.add_(1)
+    assert engine.fingerprint(held, (weight,)) != before
+    path = Path("runs/a")
+    before = engine.fingerprint(path)
+    assert str(path) and path == Path("runs/a") and engine.fingerprint(path) == before
+
+
+def test_a_step_the_fingerprint_cannot_read_compiles_without_a_file(tmp_path, capsys):
+    net, opt = _Net(), engine.adam(1e-2)
+
+    def loss_fn(params, buffers, batch, unread=torch.eye(3).to_sparse()):  # no layout to hash
+        out, buffers = engine.call_module(net, params, buffers, batch["x"])
+        loss = ((out - batch["y"]) ** 2).mean()
+        return loss, Aux({"mse": loss}, buffers)
+
+    options = engine.StepOptions(compile=True, cache=tmp_path / "net.aot")
+    got, _ = _run(engine.make_train_step(loss_fn, opt, options), engine.init_state(net, opt), n=2)
+    torch._dynamo.reset()
+    ref, _ = _run(
+        engine.make_train_step(loss_fn, opt, engine.StepOptions()), engine.init_state(net, opt), n=2
+    )
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert "not used" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 @pytest.fixture
