@@ -22,8 +22,8 @@ def _project_sources(entry_point: str | None) -> list[Path]:
     return files + ([Path(entry_point)] if entry_point and Path(entry_point).is_file() else [])
 
 
-def step_cache_path(cfg, experiment: str, world_size: int, device, name: str = "step") -> Path | None:
-    """The file for a run's compiled `name` step (engine.compile_step's cache), or None
+def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | None:
+    """The base name of a run's compiled-step files (engine.compile_step's cache), or None
     (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes the experiment, the data-parallel
     world size, the device (a GPU's compute capability, the CPU's vector extensions), torch and
     Python, and the source of the engine, losses, models and of the config's own module;
@@ -37,10 +37,10 @@ def step_cache_path(cfg, experiment: str, world_size: int, device, name: str = "
     device = torch.device(device)
     chip = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     cpu = torch.backends.cpu.get_cpu_capability()  # the vector extensions the kernels were built for
-    salt = [experiment, name, world_size, str(device), chip, cpu, torch.__version__, sys.version]
+    salt = [experiment, world_size, str(device), chip, cpu, torch.__version__, sys.version]
     h = hashlib.sha256(json.dumps(salt, sort_keys=True, default=str).encode())
     entry_point = getattr(sys.modules.get(type(cfg).__module__), "__file__", None)
     for source in _project_sources(entry_point):
         h.update(source.read_bytes())
     base = Path(where or Path.home() / ".cache" / "purestep")
-    return base / "steps" / f"{experiment}-{name}-{h.hexdigest()[:16]}.aot"
+    return base / "steps" / f"{experiment}-step-{h.hexdigest()[:16]}.aot"
