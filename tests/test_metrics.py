@@ -79,6 +79,24 @@ def test_knn_and_linear_probe_are_perfect_on_separable_data():
     assert knn_accuracy(ztr, shuffled, zte, yte) < 0.6  # labels unrelated to codes: near chance
 
 
+def test_linear_probe_fits_what_autograd_and_torch_optim_fit():
+    from evaluation.latents import linear_probe
+
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(3000, 5, generator=g), torch.randint(0, 4, (3000,), generator=g)
+    z[:, 0] += 2 * y  # partly separable
+    probe = linear_probe(z, y, 4, steps=100)
+    x = (z - z.mean(0)) / z.std(0)
+    w, b = torch.zeros(5, 4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(x @ w + b, y).backward()
+        opt.step()
+    torch.testing.assert_close(probe["w"], w.detach().T, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(probe["b"][:, 0], b.detach(), atol=1e-5, rtol=1e-4)
+
+
 def test_pca_baseline_equals_svd_reconstruction():
     g = torch.Generator().manual_seed(3)
     basis = torch.randn(4, 20, generator=g)
