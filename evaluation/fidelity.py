@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
+import evaluation.features
+import models.classifier
 from evaluation.features import classifier_outputs, load_classifier
 from evaluation.quality import compare_features
 from evaluation.sampling import SAMPLE_BATCH, Sampler, sample_images
 from harness.data import Dataset, to_unit
+from harness.stepcache import cache_dir
 from harness.world import World, gather_rows
 from models.classifier import weights_path
 
@@ -21,10 +27,18 @@ def random_subset(data: Dataset, n: int, seed: int) -> torch.Tensor:
     return to_unit(data.images[idx])
 
 
+def features_dir() -> Path | None:
+    """Where real images' classifier outputs are kept between processes: $PURESTEP_FEATURES, else
+    $PURESTEP_CACHE/features (default ~/.cache/purestep/features); None where PURESTEP_CACHE=off."""
+    where = os.environ.get("PURESTEP_FEATURES")
+    return Path(where) if where else cache_dir("features")
+
+
 class RealReference:
     """The test split as the project's classifier sees it: features and logits computed at first use
     (a run that scores nothing never pays for them), once per process for the same classifier file
-    and images (make compare-gan-losses builds one a run)."""
+    and images (make compare-gan-losses builds one a run), and kept on disk (features_dir) for the
+    next process: named by the classifier's weights and code, the images, the device and torch."""
 
     _outputs: dict = {}  # (dataset, device, weights' mtime and size, images' digest) -> (features, logits)
 
@@ -33,11 +47,44 @@ class RealReference:
         stat = weights_path(dataset).stat()
         digest = hashlib.sha1(test.images.cpu().contiguous().numpy().tobytes()).hexdigest()
         self._key, self._images = (dataset, str(device), stat.st_mtime_ns, stat.st_size, digest), test.images
+        self._dataset, self._digest, self._device = dataset, digest, torch.device(device)
+
+    def _file(self) -> Path | None:
+        """The outputs' file in features_dir(), or None where there is none."""
+        folder = features_dir()
+        if folder is None:
+            return None
+        h = hashlib.sha1(weights_path(self._dataset).read_bytes())
+        for source in (models.classifier.__file__, evaluation.features.__file__):
+            h.update(Path(source).read_bytes())
+        chip = torch.cuda.get_device_capability(self._device) if self._device.type == "cuda" else None
+        cpu = torch.backends.cpu.get_cpu_capability()
+        h.update(repr((self._digest, self._device.type, chip, cpu, torch.__version__)).encode())
+        return folder / f"{self._dataset}-{h.hexdigest()[:20]}.safetensors"
 
     def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._key not in self._outputs:
-            self._outputs[self._key] = classifier_outputs(self.classifier, to_unit(self._images))
+            self._outputs[self._key] = self._load_or_compute()
         return self._outputs[self._key]
+
+    def _load_or_compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self._file()
+        if path is not None and path.exists():
+            try:
+                saved = load_file(str(path))
+                return saved["features"], saved["logits"]
+            except Exception:  # a damaged or foreign file: computed again and rewritten below
+                pass
+        feats, logits = classifier_outputs(self.classifier, to_unit(self._images))
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                part = path.with_name(f"{path.name}.{os.getpid()}.part")
+                save_file({"features": feats.contiguous(), "logits": logits.contiguous()}, str(part))
+                os.replace(part, path)  # whole or absent, with several processes writing it at once
+            except OSError:  # a read-only cache is only slower
+                pass
+        return feats, logits
 
     @property
     def features(self) -> torch.Tensor:

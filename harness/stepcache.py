@@ -22,6 +22,12 @@ def _project_sources(entry_point: str | None) -> list[Path]:
     return files + ([Path(entry_point)] if entry_point and Path(entry_point).is_file() else [])
 
 
+def cache_dir(kind: str) -> Path | None:
+    """$PURESTEP_CACHE/kind (default ~/.cache/purestep/kind), or None where PURESTEP_CACHE=off."""
+    where = os.environ.get("PURESTEP_CACHE", "")
+    return None if where == "off" else Path(where or Path.home() / ".cache" / "purestep") / kind
+
+
 def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | None:
     """The base name of a run's compiled-step files (engine.compile_step's cache), or None
     (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes the experiment, the data-parallel
@@ -31,8 +37,8 @@ def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | Non
     shapes, precision, ...), so a flag that never reaches the step (the seed, the epochs without a
     schedule, the data set of the same shape) reuses the compiled step, and any change that does
     reach it compiles afresh."""
-    where = os.environ.get("PURESTEP_CACHE", "")
-    if not cfg.compile_cache or where == "off":
+    steps = cache_dir("steps")
+    if not cfg.compile_cache or steps is None:
         return None
     device = torch.device(device)
     chip = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
@@ -42,5 +48,4 @@ def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | Non
     entry_point = getattr(sys.modules.get(type(cfg).__module__), "__file__", None)
     for source in _project_sources(entry_point):
         h.update(source.read_bytes())
-    base = Path(where or Path.home() / ".cache" / "purestep")
-    return base / "steps" / f"{experiment}-step-{h.hexdigest()[:16]}.aot"
+    return steps / f"{experiment}-step-{h.hexdigest()[:16]}.aot"

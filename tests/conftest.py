@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # no compiled-step cache in ~/.cache (here and in the commands tests launch): a test's run never
 # reads or leaves one behind; the cache's own tests name their folders
 os.environ["PURESTEP_CACHE"] = "off"
+# the real images' classifier outputs (evaluation.fidelity) are shared by the session's processes, in
+# a folder of its own: the first command that scores against MNIST's test split embeds it, the rest read it
+if "PURESTEP_FEATURES" not in os.environ:  # set once, by the first process (xdist's workers inherit it)
+    os.environ["PURESTEP_FEATURES"] = tempfile.mkdtemp(prefix="purestep-features-")
+    atexit.register(shutil.rmtree, os.environ["PURESTEP_FEATURES"], ignore_errors=True)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the 2 cores: a thread each,
     os.environ["OMP_NUM_THREADS"] = "1"  # in the commands they launch too
     torch.set_num_threads(1)

@@ -136,6 +136,8 @@ def test_real_reference_embeds_the_test_images_at_first_use_and_once_per_process
     from evaluation import fidelity
     from harness.data import Dataset
 
+    monkeypatch.delenv("PURESTEP_FEATURES", raising=False)
+    monkeypatch.setenv("PURESTEP_CACHE", "off")  # in this process only: no file between processes
     calls = []
     real = fidelity.classifier_outputs
     monkeypatch.setattr(fidelity, "classifier_outputs", lambda m, x: calls.append(len(x)) or real(m, x))
@@ -150,3 +152,35 @@ def test_real_reference_embeds_the_test_images_at_first_use_and_once_per_process
     other = fidelity.RealReference("mnist", Dataset(images.flip(0), torch.zeros(40)))  # other images
     torch.testing.assert_close(other.features, first.features.flip(0))
     assert calls == [40, 40]
+
+
+def test_real_reference_keeps_its_outputs_on_disk_for_the_next_process(monkeypatch, tmp_path):
+    from evaluation import fidelity
+    from harness.data import Dataset
+
+    calls = []
+    real = fidelity.classifier_outputs
+    monkeypatch.setattr(fidelity, "classifier_outputs", lambda m, x: calls.append(len(x)) or real(m, x))
+    monkeypatch.setattr(fidelity.RealReference, "_outputs", {})
+    monkeypatch.delenv("PURESTEP_FEATURES", raising=False)
+    monkeypatch.setenv("PURESTEP_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (30, 28, 28), generator=g, dtype=torch.uint8)
+    first = fidelity.RealReference("mnist", Dataset(images, torch.zeros(30)))
+    features, logits = first.features, first.logits
+    (saved,) = (tmp_path / "features").iterdir()
+    monkeypatch.setattr(fidelity.RealReference, "_outputs", {})  # a new process: only the file is left
+    again = fidelity.RealReference("mnist", Dataset(images.clone(), torch.zeros(30)))
+    assert torch.equal(again.features, features) and torch.equal(again.logits, logits) and calls == [30]
+    monkeypatch.setattr(fidelity.RealReference, "_outputs", {})
+    other = fidelity.RealReference("mnist", Dataset(images.flip(0), torch.zeros(30)))  # other images
+    assert torch.equal(other.logits, real(other.classifier, images.flip(0)[:, None] / 255.0)[1])
+    assert calls == [30, 30] and len(list((tmp_path / "features").iterdir())) == 2
+    saved.write_bytes(b"damaged")  # computed again, and the file rewritten
+    monkeypatch.setattr(fidelity.RealReference, "_outputs", {})
+    assert torch.equal(fidelity.RealReference("mnist", Dataset(images, torch.zeros(30))).features, features)
+    assert calls == [30, 30, 30] and saved.stat().st_size > 1000
+    monkeypatch.setenv("PURESTEP_CACHE", "off")  # off: nothing read or written
+    assert fidelity.features_dir() is None
+    monkeypatch.setenv("PURESTEP_FEATURES", str(tmp_path / "elsewhere"))  # the tests' own folder
+    assert fidelity.features_dir() == tmp_path / "elsewhere"
