@@ -19,7 +19,7 @@ from evaluation.fidelity import RealReference, random_subset
 from evaluation.gmm import fit_gmm, mean_log_likelihood, sample_gmm
 from evaluation.plots import save_image_rows
 from evaluation.sampling import sample_images
-from evaluation.trained import load_generator, load_trained
+from evaluation.trained import load_generator, load_trained, run_config
 from harness import (
     TEST_SEED,
     DataError,
@@ -30,7 +30,7 @@ from harness import (
     resolve_device,
     to_unit,
 )
-from harness.config import DATASET_NAMES, DeviceFlags
+from harness.config import DATASET_NAMES, DeviceFlags, flag
 from harness.files import read_json
 from harness.rundir import PROBES, read_metrics
 
@@ -71,11 +71,21 @@ def wall_time(run_dir: Path) -> str:
     return f"{sum(epochs):,.0f} s (epochs only)" if epochs else "not recorded"
 
 
+KINDS = {"ae_run": "ae", "vae_run": "vae", "vamp_run": "vae", "gan_run": "gan", "cond_gan_run": "gan"}
+
+
+def check_kinds(cfg) -> None:
+    """Each named run is a run of its row's experiment, before any image is embedded: one line if not."""
+    for field, kind in KINDS.items():
+        run = getattr(cfg, field)
+        if run and (run_config(Path(run)) or {}).get("experiment") != kind:
+            article = "an" if kind == "ae" else "a"
+            raise DataError(f"{run} is not {article} {kind.upper()} run ({flag(field)})")
+
+
 @torch.no_grad()
 def ae_samples(run_dir: Path, train, n: int, k: int, device) -> tuple[torch.Tensor, str]:
     cfg, model = load_trained(run_dir, device)
-    if cfg["experiment"] != "ae":
-        raise DataError(f"{run_dir} is not an AE run")
     codes, _ = encode(model, to_unit(train.images))
     gmm = fit_gmm(codes, k, seed=TEST_SEED)
     fit = mean_log_likelihood(gmm, codes.double())
@@ -99,6 +109,7 @@ def gan_samples(run_dir: Path, n: int, device) -> tuple[torch.Tensor, str]:
 @main_guard
 def main(argv=None):
     cfg, _ = parse_config(CompareGeneratorsConfig, argv, "python -m experiments.compare_generators", __doc__)
+    check_kinds(cfg)
     device = resolve_device(cfg.device)
     train, test = (load_dataset(cfg.dataset, split, device=device) for split in ("train", "test"))
     reference = RealReference(cfg.dataset, test, device)
