@@ -148,9 +148,12 @@ def _settings(cfg: dict, result: dict) -> str:
     )
     prior = f", VampPrior ({cfg['pseudo_inputs']} pseudo-inputs)" if cfg.get("prior") == "vamp" else ""
     prior = (" per layer, two stochastic layers z2 -> z1 -> x" if cfg.get("layers", 1) == 2 else "") + prior
+    length = f"{cfg['epochs']} epochs"
+    if cfg.get("max_steps"):  # stopped early: the steps it took, on the schedule of all the epochs
+        length = f"{cfg['max_steps']:,} steps (of a {cfg['epochs']}-epoch schedule)"
     return (
-        f"{cfg['dataset']}, arch `{cfg['arch']}`, code size {cfg['latent_dim']}{prior}, {cfg['epochs']} "
-        f"epochs, binarize `{cfg.get('binarize', 'none')}`{nll}."
+        f"{cfg['dataset']}, arch `{cfg['arch']}`, code size {cfg['latent_dim']}{prior}, {length}, "
+        f"binarize `{cfg.get('binarize', 'none')}`{nll}."
     )
 
 

@@ -154,3 +154,12 @@ def test_nll_blocks_resume_and_wait_for_a_claim_that_drops(vae_and_data, tmp_pat
     assert time.monotonic() - t0 >= 1.0  # it waited for the claim rather than scoring block 1 twice
     torch.testing.assert_close(again, want, rtol=0, atol=0)
     assert saved[0].stat().st_mtime_ns == first and all(p.exists() for p in saved)
+
+
+def test_the_report_says_how_long_the_run_trained():
+    from evaluation.report import _settings
+
+    cfg = {"dataset": "mnist", "arch": "conv", "latent_dim": 32, "epochs": 140, "max_steps": 0}
+    assert ", 140 epochs, binarize `none`." in _settings(cfg, {})
+    stopped = _settings({**cfg, "max_steps": 7800}, {})  # --max-steps: 20 epochs of the 140's schedule
+    assert "7,800 steps (of a 140-epoch schedule)" in stopped and "140 epochs" not in stopped
