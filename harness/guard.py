@@ -12,7 +12,7 @@ import warnings
 from engine import CheckpointError, WriteError
 from harness.config import UsageError
 from harness.data import DataError
-from harness.periodic import NonFiniteError
+from harness.periodic import NonFiniteError, StopFlag
 
 
 def main_guard(main):
@@ -30,9 +30,13 @@ def main_guard(main):
         # every run: nothing a user can act on (its errors still show)
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         try:
+            StopFlag.pending = None
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning
-                return main(argv)
+                result = main(argv)
+            if StopFlag.pending is not None:  # a SIGTERM whose exception a library swallowed
+                raise _Terminated
+            return result
         except (UsageError, DataError, CheckpointError, WriteError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -79,6 +83,10 @@ class _Terminated(BaseException):
 
 
 def _terminated(signum, frame):
+    """Raise _Terminated, and remember the signal: where the exception is swallowed (a library's
+    `except BaseException`, or a finalizer the signal landed in, which Python only prints) the
+    training loop stops after its first step (StopFlag.pending) and the command still exits 143."""
+    StopFlag.pending = signum
     raise _Terminated
 
 

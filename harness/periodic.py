@@ -244,11 +244,14 @@ class StopFlag:
     parallel: the ranks agree at the sync points (one tiny all-reduce), since a signal may reach them
     a step apart."""
 
+    pending: int | None = None  # a signal taken before the loop (main_guard's SIGTERM): acted on at once
+
     def __init__(self, world: World, every: int, device):
         self.world, self.every, self.device, self.signum = world, every, device, None
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.signum = StopFlag.pending
         return self
 
     def _handle(self, signum, frame):

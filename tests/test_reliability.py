@@ -554,3 +554,34 @@ def test_an_image_over_the_pixel_limit_is_skipped_unread(tmp_path):
     ):
         data = load_image_folder(tmp_path, 28, channels=1, max_pixels=1_000_000)
     assert len(data.images) == 3
+
+
+def test_a_sigterm_whose_exception_a_library_swallows_still_stops_the_command(monkeypatch, capsys):
+    # the signal may land where its exception cannot propagate (a finalizer, a catch-all in a library):
+    # main_guard remembers it, the training loop stops at its first step, and the command exits 143
+    from harness.guard import main_guard
+    from harness.periodic import StopFlag
+    from harness.world import World
+
+    monkeypatch.delenv("PURESTEP_DEBUG", raising=False)
+    monkeypatch.setattr(StopFlag, "pending", None)
+    stopped = []
+
+    @main_guard
+    def main(argv=None):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)  # the handler runs here and raises
+        except BaseException:  # what a catch-all does with it
+            pass
+        with StopFlag(World(), 50, "cpu") as stop:  # a loop that starts after it: stops at once
+            stopped.append(stop(1))
+        return 0
+
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 143 and stopped == [True]
+    assert capsys.readouterr().err.startswith("error: terminated (SIGTERM")
+    StopFlag.pending = None  # the next command starts clean
+    with StopFlag(World(), 50, "cpu") as stop:
+        assert not stop(1)
