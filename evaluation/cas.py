@@ -38,20 +38,19 @@ def accuracy(model, params, buffers, test: Dataset, batch: int = 1000) -> float:
 
 
 def classification_accuracy_score(
-    train: Dataset, test: Dataset, seed: int = 0, epochs: int = EPOCHS, compile: bool | None = None
+    train: Dataset, test: Dataset, seed: int = 0, epochs: int = EPOCHS
 ) -> float:
     """Test accuracy of a classifier trained from scratch on `train` (generated images and the labels
     they were asked for): experiments.classifier's network, loss and shift augmentation on a
-    shorter schedule (epochs of AdamW, cosine decay after a warm-up), compiled (compile=None:
-    from COMPILE_FROM steps on; below that the compilation costs more than it saves)."""
+    shorter schedule (epochs of AdamW, cosine decay after a warm-up), compiled from
+    COMPILE_FROM steps on (below that the compilation costs more than it saves)."""
     torch.manual_seed(seed)
     device = train.images.device
     model = build_classifier().to(device)
     steps = epochs * (len(train.labels) // BATCH)
-    compile = steps >= COMPILE_FROM if compile is None else compile
     optimizer = engine.adam(engine.cosine(LR, steps, WARMUP), weight_decay=0.01, decoupled=True)
     step = engine.make_train_step(
-        make_classifier_loss(model, MAX_SHIFT), optimizer, engine.StepOptions(compile=compile)
+        make_classifier_loss(model, MAX_SHIFT), optimizer, engine.StepOptions(compile=steps >= COMPILE_FROM)
     )
     state = engine.init_state(model, optimizer)
     loader = Loader(train, BATCH, seed=seed, noise={SHIFT_NOISE: (2,)})

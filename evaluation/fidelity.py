@@ -15,7 +15,7 @@ from evaluation.features import classifier_outputs, load_classifier
 from evaluation.quality import compare_features
 from evaluation.sampling import SAMPLE_BATCH, Sampler, sample_images
 from harness.data import Dataset, to_unit
-from harness.stepcache import cache_dir
+from harness.stepcache import cache_dir, machine_salt
 from harness.world import World, gather_rows
 from models.classifier import weights_path
 
@@ -47,7 +47,7 @@ class RealReference:
         stat = weights_path(dataset).stat()
         digest = hashlib.sha1(test.images.cpu().contiguous().numpy().tobytes()).hexdigest()
         self._key, self._images = (dataset, str(device), stat.st_mtime_ns, stat.st_size, digest), test.images
-        self._dataset, self._digest, self._device = dataset, digest, torch.device(device)
+        self._dataset, self._digest, self._device = dataset, digest, device
 
     def _file(self) -> Path | None:
         """The outputs' file in features_dir(), or None where there is none."""
@@ -57,9 +57,7 @@ class RealReference:
         h = hashlib.sha1(weights_path(self._dataset).read_bytes())
         for source in (models.classifier.__file__, evaluation.features.__file__):
             h.update(Path(source).read_bytes())
-        chip = torch.cuda.get_device_capability(self._device) if self._device.type == "cuda" else None
-        cpu = torch.backends.cpu.get_cpu_capability()
-        h.update(repr((self._digest, self._device.type, chip, cpu, torch.__version__)).encode())
+        h.update(repr([self._digest, *machine_salt(self._device)]).encode())
         return folder / f"{self._dataset}-{h.hexdigest()[:20]}.safetensors"
 
     def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,13 +75,13 @@ class RealReference:
                 pass
         feats, logits = classifier_outputs(self.classifier, to_unit(self._images))
         if path is not None:
+            part = path.with_name(f"{path.name}.{os.getpid()}.part")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                part = path.with_name(f"{path.name}.{os.getpid()}.part")
                 save_file({"features": feats.contiguous(), "logits": logits.contiguous()}, str(part))
                 os.replace(part, path)  # whole or absent, with several processes writing it at once
-            except OSError:  # a read-only cache is only slower
-                pass
+            except Exception:  # a read-only or full cache is only slower
+                part.unlink(missing_ok=True)
         return feats, logits
 
     @property

@@ -28,6 +28,14 @@ def cache_dir(kind: str) -> Path | None:
     return None if where == "off" else Path(where or Path.home() / ".cache" / "purestep") / kind
 
 
+def machine_salt(device) -> list:
+    """What compiled or computed results depend on besides the code: the device (a GPU's compute
+    capability, the CPU's vector extensions the kernels were built for) and torch's version."""
+    device = torch.device(device)
+    chip = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return [str(device), chip, torch.backends.cpu.get_cpu_capability(), torch.__version__]
+
+
 def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | None:
     """The base name of a run's compiled-step files (engine.compile_step's cache), or None
     (--no-compile-cache, or PURESTEP_CACHE=off). Its name hashes the experiment, the data-parallel
@@ -40,10 +48,7 @@ def step_cache_path(cfg, experiment: str, world_size: int, device) -> Path | Non
     steps = cache_dir("steps")
     if not cfg.compile_cache or steps is None:
         return None
-    device = torch.device(device)
-    chip = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    cpu = torch.backends.cpu.get_cpu_capability()  # the vector extensions the kernels were built for
-    salt = [experiment, world_size, str(device), chip, cpu, torch.__version__, sys.version]
+    salt = [experiment, world_size, *machine_salt(device), sys.version]
     h = hashlib.sha256(json.dumps(salt, sort_keys=True, default=str).encode())
     entry_point = getattr(sys.modules.get(type(cfg).__module__), "__file__", None)
     for source in _project_sources(entry_point):
