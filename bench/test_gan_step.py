@@ -2,10 +2,13 @@
 
 "before" is the step experiments.gan took by default until issue 29: the R1 penalty on every step,
 the convolutions in the default (NCHW) layout. "after" is today's default: R1 every 16th step,
-weighted 16 times (lazy regularisation), and channels-last weights. Each speed-up is also timed
-alone. The recipe is otherwise experiments.gan's: DCGAN width 64, z 100, batch 64, non-saturating
-loss, R1 weight 0.1 on 16 real images, Adam(5e-4, 0.5, 0.99), an EMA of 0.999; compiled, donated,
-fp32. Rounds are whole multiples of the lazy interval, so each holds its share of penalised steps.
+weighted 16 times (lazy regularisation), and channels-last weights, in fp32; "after-bf16" is the
+same step under bf16 autocast (fp32 master weights and optimizer state), which `--precision auto`
+picks where the CPU computes bf16 natively (AVX-512 BF16 or AMX; elsewhere the case is skipped:
+emulated bf16 is about 20x slower). Each fp32 speed-up is also timed alone. The recipe is otherwise
+experiments.gan's: DCGAN width 64, z 100, batch 64, non-saturating loss, R1 weight 0.1 on 16 real
+images, Adam(5e-4, 0.5, 0.99), an EMA of 0.999; compiled, donated. Rounds are whole multiples of the
+lazy interval, so each holds its share of penalised steps.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import harness
 from bench.conftest import RESULTS
 from bench.report import machine
 from bench.timing import QUICK, sync
+from harness.device import native_bf16
 from losses import make_gan_loss
 from models import build_gan
 
@@ -27,26 +31,29 @@ BATCH, LATENT, WIDTH = 64, 100, 64
 INTERVAL = 16  # the lazy R1 interval
 STEPS = INTERVAL if QUICK else 2 * INTERVAL  # per timed round
 ROUNDS = 2 if QUICK else 5
-RECIPES = {  # name: (R1 every N steps, channels-last)
-    "before": (1, False),
-    "after": (INTERVAL, True),
-    "lazy-r1": (INTERVAL, False),
-    "channels-last": (1, True),
+RECIPES = {  # name: (R1 every N steps, channels-last, precision)
+    "before": (1, False, "fp32"),
+    "after": (INTERVAL, True, "fp32"),
+    "after-bf16": (INTERVAL, True, "bf16"),
+    "lazy-r1": (INTERVAL, False, "fp32"),
+    "channels-last": (1, True, "fp32"),
 }
-ORDER = ["before", "after", "lazy-r1", "channels-last", "before", "after"]  # the pair alternated twice
+# before, after and after-bf16 alternate twice; the single speed-ups once
+ORDER = ["before", "after", "after-bf16", "lazy-r1", "channels-last", "before", "after", "after-bf16"]
+NATIVE_BF16 = native_bf16(torch.device("cpu"))
 TIMES: dict[str, list[float]] = {}
 
 
 def _workload(recipe: str, data):
-    every, channels_last = RECIPES[recipe]
+    every, channels_last, precision = RECIPES[recipe]
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     gen, disc = (m.to(memory_format=layout) for m in build_gan("dcgan", (1, 28, 28), LATENT, WIDTH, False))
     g_opt, d_opt = (engine.adam(5e-4, b1=0.5, b2=0.99) for _ in range(2))
     gan = make_gan_loss(gen, disc, "nonsaturating", r1_gamma=0.1, r1_batch=16)
-    options = engine.StepOptions(compile=True, donate=True)
+    options = engine.StepOptions(precision=precision, compile=True, donate=True)
     step = engine.make_gan_step(*gan, g_opt, d_opt, options, ema_decay=0.999, reg_every=every)
-    box = {"state": engine.init_gan_state(gen, disc, g_opt, d_opt)}
+    box = {"state": engine.init_gan_state(gen, disc, g_opt, d_opt, precision)}
     loader = harness.Loader(data, BATCH, seed=0, noise={"z": (LATENT,)})
     batches = iter(loader)
 
@@ -62,6 +69,8 @@ def _workload(recipe: str, data):
 @pytest.mark.parametrize("run", [f"{name}-{ORDER[: i + 1].count(name)}" for i, name in enumerate(ORDER)])
 def test_gan_step(benchmark, mnist, run):
     recipe = run.rsplit("-", 1)[0]
+    if RECIPES[recipe][2] == "bf16" and not NATIVE_BF16:
+        pytest.skip("no bf16 in this CPU's hardware (avx512_bf16 or amx_bf16): emulated bf16 is ~20x slower")
     advance = _workload(recipe, mnist("cpu"))
     advance(2 * INTERVAL)  # compiles both kinds of step, then settles
     benchmark.pedantic(lambda: advance(STEPS), setup=lambda: sync("cpu"), rounds=ROUNDS, warmup_rounds=0,
@@ -69,8 +78,7 @@ def test_gan_step(benchmark, mnist, run):
     ms = benchmark.stats.stats.median / STEPS * 1e3
     benchmark.extra_info.update(recipe=recipe, ms_per_step=ms, samples_per_s=BATCH / ms * 1e3)
     TIMES.setdefault(recipe, []).append(ms)
-    if run == f"after-{ORDER.count('after')}":  # the last case: the table
-        _write_table()
+    _write_table()  # after every case, so the table holds whatever ran (the last write is the whole run)
 
 
 def _write_table() -> None:
@@ -78,21 +86,21 @@ def _write_table() -> None:
     lines = [
         "# The GAN step of `make train-gan`: before and after (bench/test_gan_step.py)",
         "",
-        f"Machine: {machine()}. Batch {BATCH}, compiled, fp32; {ROUNDS} rounds of {STEPS} steps per run,",
+        f"Machine: {machine()}. Batch {BATCH}, compiled; {ROUNDS} rounds of {STEPS} steps per run,",
         "the median round; each recipe's runs alternate with the others' in one session.",
         "",
-        "| recipe | R1 every | channels-last | ms per step (each run) | median | speed-up |",
-        "|---|---:|---|---|---:|---:|",
+        "| recipe | R1 every | channels-last | precision | ms per step (each run) | median | speed-up |",
+        "|---|---:|---|---|---|---:|---:|",
     ]
-    for recipe, (every, cl) in RECIPES.items():
+    for recipe, (every, cl, precision) in RECIPES.items():
         runs = TIMES.get(recipe, [])
         if runs:
             mid = statistics.median(runs)
             each = ", ".join(f"{t:.1f}" for t in runs)
             lines.append(
-                f"| {recipe} | {every} | {'yes' if cl else 'no'} | {each} | {mid:.1f} | {before / mid:.2f}x |"
+                f"| {recipe} | {every} | {'yes' if cl else 'no'} | {precision} | {each} | {mid:.1f} "
+                f"| {before / mid:.2f}x |"
             )
     if not QUICK:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "gan_step.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
