@@ -69,7 +69,7 @@ class GANConfig(RunConfig):
         "data set (auto: imagefolder with --image-folder, else mnist)",
         ("auto", *CLASSIFIED, "imagefolder"),
     )
-    epochs: int = option(12, "passes over the training set (one generator step per batch)")
+    epochs: int = option(24, "passes over the training set (one generator step per batch)")
     batch_size: int = option(64, "images per discriminator update")
     lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
     d_lr: float = option(1e-3, "discriminator learning rate (0: --lr); above --lr: TTUR, Heusel et al. 2017")
@@ -116,7 +116,7 @@ class GANConfig(RunConfig):
     eval_samples: int = option(
         10000, "images scored against the test split each epoch (0: none; folders: SWD)"
     )
-    probe_every: int = option(500, "steps between quick scores of the EMA generator (0: none)")
+    probe_every: int = option(1000, "steps between quick scores of the EMA generator (0: none)")
     probe_samples: int = option(2000, "images per quick score: each epoch's and every --probe-every steps'")
     target_fid: float = option(0.0, "exit 1 if the final FID is above this (0: no target)")
 
