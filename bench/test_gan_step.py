@@ -1,8 +1,10 @@
 """The GAN step of `make train-gan`, before and after its speed-ups, alternated in one run.
 
 "before" is the step experiments.gan took by default until issue 29: the R1 penalty on every step,
-the convolutions in the default (NCHW) layout. "after" is today's default: R1 every 16th step,
-weighted 16 times (lazy regularisation), and channels-last weights, in fp32; "after-bf16" is the
+the convolutions in the default (NCHW) layout, and the generator run forward twice per step on the
+same z (without gradient for D's update, then again for G's; emulated here by a generator that
+runs once more without gradient). "after" is today's default: R1 every 16th step, weighted 16 times
+(lazy regularisation), channels-last weights, one generator forward per step, in fp32; "after-bf16" is the
 same step under bf16 autocast (fp32 master weights and optimizer state), which `--precision auto`
 picks where the CPU computes bf16 natively (AVX-512 BF16 or AMX; elsewhere the case is skipped:
 emulated bf16 is about 20x slower). Each fp32 speed-up is also timed alone. The recipe is otherwise
@@ -31,26 +33,30 @@ BATCH, LATENT, WIDTH = 64, 100, 64
 INTERVAL = 16  # the lazy R1 interval
 STEPS = INTERVAL if QUICK else 2 * INTERVAL  # per timed round
 ROUNDS = 2 if QUICK else 5
-RECIPES = {  # name: (R1 every N steps, channels-last, precision)
-    "before": (1, False, "fp32"),
-    "after": (INTERVAL, True, "fp32"),
-    "after-bf16": (INTERVAL, True, "bf16"),
-    "lazy-r1": (INTERVAL, False, "fp32"),
-    "channels-last": (1, True, "fp32"),
+RECIPES = {  # name: (R1 every N steps, channels-last, precision, generator forwards per step)
+    "before": (1, False, "fp32", 2),
+    "after": (INTERVAL, True, "fp32", 1),
+    "after-bf16": (INTERVAL, True, "bf16", 1),
+    "lazy-r1": (INTERVAL, False, "fp32", 2),
+    "channels-last": (1, True, "fp32", 2),
+    "one-forward": (1, False, "fp32", 1),
 }
 # before, after and after-bf16 alternate twice; the single speed-ups once
-ORDER = ["before", "after", "after-bf16", "lazy-r1", "channels-last", "before", "after", "after-bf16"]
+ORDER = ["before", "after", "after-bf16", "lazy-r1", "channels-last", "one-forward", "before", "after",
+         "after-bf16"]  # fmt: skip
 NATIVE_BF16 = native_bf16(torch.device("cpu"))
 TIMES: dict[str, list[float]] = {}
 
 
 def _workload(recipe: str, data):
-    every, channels_last, precision = RECIPES[recipe]
+    every, channels_last, precision, forwards = RECIPES[recipe]
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     gen, disc = (m.to(memory_format=layout) for m in build_gan("dcgan", (1, 28, 28), LATENT, WIDTH, False))
     g_opt, d_opt = (engine.adam(5e-4, b1=0.5, b2=0.99) for _ in range(2))
     gan = make_gan_loss(gen, disc, "nonsaturating", r1_gamma=0.1, r1_batch=16)
+    if forwards == 2:  # issue 15's step: one more forward, without gradient, for D's fakes
+        gan = gan._replace(generate=_twice(gan.generate))
     options = engine.StepOptions(precision=precision, compile=True, donate=True)
     step = engine.make_gan_step(*gan, g_opt, d_opt, options, ema_decay=0.999, reg_every=every)
     box = {"state": engine.init_gan_state(gen, disc, g_opt, d_opt, precision)}
@@ -64,6 +70,15 @@ def _workload(recipe: str, data):
         box["state"] = state
 
     return advance
+
+
+def _twice(generate):
+    def both(params, buffers, z, y=None):
+        with torch.no_grad():
+            _, buffers = generate(params, buffers, z, y)
+        return generate(params, buffers, z, y)
+
+    return both
 
 
 @pytest.mark.parametrize("run", [f"{name}-{ORDER[: i + 1].count(name)}" for i, name in enumerate(ORDER)])
@@ -89,17 +104,18 @@ def _write_table() -> None:
         f"Machine: {machine()}. Batch {BATCH}, compiled; {ROUNDS} rounds of {STEPS} steps per run,",
         "the median round; each recipe's runs alternate with the others' in one session.",
         "",
-        "| recipe | R1 every | channels-last | precision | ms per step (each run) | median | speed-up |",
-        "|---|---:|---|---|---|---:|---:|",
+        "| recipe | R1 every | channels-last | precision | G forwards | ms per step (each run) | median "
+        "| speed-up |",
+        "|---|---:|---|---|---:|---|---:|---:|",
     ]
-    for recipe, (every, cl, precision) in RECIPES.items():
+    for recipe, (every, cl, precision, forwards) in RECIPES.items():
         runs = TIMES.get(recipe, [])
         if runs:
             mid = statistics.median(runs)
             each = ", ".join(f"{t:.1f}" for t in runs)
             lines.append(
-                f"| {recipe} | {every} | {'yes' if cl else 'no'} | {precision} | {each} | {mid:.1f} "
-                f"| {before / mid:.2f}x |"
+                f"| {recipe} | {every} | {'yes' if cl else 'no'} | {precision} | {forwards} | {each} "
+                f"| {mid:.1f} | {before / mid:.2f}x |"
             )
     if not QUICK:
         RESULTS.mkdir(exist_ok=True)

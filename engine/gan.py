@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from engine.amp import autocast, scaler_init
 from engine.optim import Optimizer
 from engine.state import Tensors, TrainState, init_state, write_state
-from engine.step import StepOptions, compile_step, make_pure_train_step
+from engine.step import StepOptions, compile_step, make_pure_train_step, make_pure_update, scaled_objective
 
 
 class GANState(NamedTuple):
@@ -42,8 +43,8 @@ def _prefixed(prefix: str, metrics: dict) -> dict:
 
 def make_gan_step(
     generate: Callable,  # (gen_params, gen_buffers, z, y or None) -> (images, gen_buffers)
-    disc_loss: Callable,
-    gen_loss: Callable,
+    disc_loss: Callable,  # (disc_params, disc_buffers, {"x", "fake", ...}) -> (loss, Aux)
+    gen_loss: Callable,  # (fake, {"z", "x", ..., "disc_params", "disc_buffers"}) -> (loss, Aux)
     gen_opt: Optimizer,
     disc_opt: Optimizer,
     options: StepOptions = StepOptions(),
@@ -58,10 +59,13 @@ def make_gan_step(
     (batch["y"], labels, and batch["u"] for WGAN-GP too). Discriminator update i sees real chunk i
     against generate(z chunk i, y chunk i): fakes are asked for the real chunk's labels, so a
     conditional GAN sees them at the data's class frequencies. The generator update reuses the last
-    chunk (z, y and x), as pytorch/examples' DCGAN reuses its fake batch. Each player's update is
-    the single-model pure step of engine.step (gradient, fp16 loss scaling, optimizer), so both
-    share the options (precision, donation, all_reduce once per player update); the whole thing is
-    one compiled region, compiled and cached as the options say.
+    chunk (z, y and x) and its fakes, as pytorch/examples' DCGAN does: the generator runs forward
+    once per chunk, and for the last one under torch.func.vjp, so its update pulls gen_loss's
+    gradient at the fakes (judged by the just-updated discriminator) back through that same forward
+    instead of running it again. Each player's update is the single-model update of engine.step
+    (fp16 loss scaling, the non-finite skip, optimizer), so both share the options (precision,
+    donation, all_reduce once per player update); the whole thing is one compiled region, compiled
+    and cached as the options say.
 
     Lazy regularisation (Karras et al. 2020), reg_every > 1: the discriminator's updates see
     batch["regularize"], a Python int: in the last update of every reg_every-th step (counted from
@@ -76,7 +80,7 @@ def make_gan_step(
         raise ValueError(f"n_disc and reg_every must be at least 1, got {n_disc} and {reg_every}")
     precision, donate = options.precision, options.donate
     d_update = make_pure_train_step(disc_loss, disc_opt, options)
-    g_update = make_pure_train_step(gen_loss, gen_opt, options)
+    g_update = make_pure_update(gen_opt, options)
 
     def step(state: GANState, batch: dict, regularize: bool) -> tuple[GANState, dict]:
         gen, disc = state.gen, state.disc
@@ -85,16 +89,24 @@ def make_gan_step(
         chunks = {k: v.chunk(n_disc) for k, v in batch.items()}
         for i in range(n_disc):
             part = {k: v[i] for k, v in chunks.items()}
-            with torch.no_grad(), autocast(precision, device_type):
-                fake, gen_buffers = generate(gen.params, gen.buffers, part["z"], part.get("y"))
-            # BatchNorm statistics come back out (donated: into the state's own buffers)
-            gen = gen._replace(buffers=write_state(gen.buffers, gen_buffers, donate))
+            make = partial(_images, generate, buffers=gen.buffers, z=part["z"], y=part.get("y"))
+            if i < n_disc - 1:
+                with torch.no_grad(), autocast(precision, device_type):
+                    fake, gen_buffers = make(gen.params)
+                # BatchNorm statistics come back out (donated: into the state's own buffers)
+                gen = gen._replace(buffers=write_state(gen.buffers, gen_buffers, donate))
+            else:  # the generator's update reuses this forward: keep its pullback
+                with autocast(precision, device_type):
+                    fake, pullback, gen_buffers = torch.func.vjp(make, gen.params, has_aux=True)
             d_batch = {k: v for k, v in part.items() if k != "z"}
             if reg_every > 1:
                 d_batch["regularize"] = reg_every * n_disc if regularize and i == n_disc - 1 else 0
             disc, d_metrics = d_update(disc, {**d_batch, "fake": fake})
-        g_batch = {**part, "disc_params": disc.params, "disc_buffers": disc.buffers}
-        gen, g_metrics = g_update(gen, g_batch)
+        g_batch = {**part, "step": gen.step, "disc_params": disc.params, "disc_buffers": disc.buffers}
+        judged = scaled_objective(lambda images: gen_loss(images, g_batch), gen, options)
+        at_fakes, (loss, aux) = torch.func.grad(judged, has_aux=True)(fake)
+        (grads,) = pullback(at_fakes)
+        gen, g_metrics = g_update(gen, grads, loss, aux._replace(buffers=gen_buffers))
         ema = _ema_update(state.ema, gen.params, ema_decay, taken, donate)
         return GANState(gen, disc, ema), {**_prefixed("d_", d_metrics), **_prefixed("g_", g_metrics)}
 
@@ -118,6 +130,11 @@ def make_gan_step(
         return new, metrics
 
     return dispatch
+
+
+def _images(generate: Callable, params: Tensors, *, buffers: Tensors, z, y) -> tuple:
+    """generate with all but the params bound: the function of them that torch.func.vjp takes."""
+    return generate(params, buffers, z, y)
 
 
 def _ema_update(ema: Tensors, params: Tensors, decay: float, step: torch.Tensor, donate: bool) -> Tensors:

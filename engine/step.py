@@ -14,7 +14,7 @@ from torch import nn
 from engine.amp import ScalerConfig, autocast, scaler_update, unscale
 from engine.cache import UntrustedEntry, cache_key, fingerprint, read_signed, remove_entry, sign
 from engine.optim import Optimizer
-from engine.state import Aux, TrainState, tree_map, write_state
+from engine.state import Aux, Tensors, TrainState, tree_map, write_state
 
 LossFn = Callable[[dict, dict, dict], tuple[torch.Tensor, Aux]]
 
@@ -89,23 +89,45 @@ def _unzip(pairs: dict) -> tuple[dict, dict]:
 def make_pure_train_step(
     loss_fn: LossFn, optimizer: Optimizer, options: StepOptions = StepOptions()
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The uncompiled pure step that make_train_step compiles (and make_vmapped_train_step vmaps);
-    compose it into a larger step (as the GAN step does) and compile the whole with compile_step.
-    Of the options it reads precision, donate, scaler_config and all_reduce."""
-    precision, donate, all_reduce = options.precision, options.donate, options.all_reduce
-    fp16 = precision == "fp16"
+    """The uncompiled pure step that make_train_step compiles (and make_vmapped_train_step vmaps):
+    torch.func.grad of loss_fn, then make_pure_update. Compose it into a larger step and compile the
+    whole with compile_step. Of the options it reads precision, donate, scaler_config and all_reduce."""
+    update = make_pure_update(optimizer, options)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch = {**batch, "step": state.step}
-        device_type = state.step.device.type
-
-        def objective(params):
-            with autocast(precision, device_type):
-                loss, aux = loss_fn(params, state.buffers, batch)
-            scaled = loss * state.scaler["scale"] if fp16 else loss
-            return scaled, (loss, aux)
-
+        objective = scaled_objective(lambda params: loss_fn(params, state.buffers, batch), state, options)
         grads, (loss, aux) = torch.func.grad(objective, has_aux=True)(state.params)
+        return update(state, grads, loss, aux)
+
+    return step
+
+
+def scaled_objective(loss_of: Callable, state: TrainState, options: StepOptions) -> Callable:
+    """loss_of(x) -> (loss, Aux), run under the options' autocast, as the function to differentiate:
+    x -> (loss times the fp16 loss scale, or the loss as it is; (loss, aux))."""
+    fp16, device_type = options.precision == "fp16", state.step.device.type
+
+    def objective(x):
+        with autocast(options.precision, device_type):
+            loss, aux = loss_of(x)
+        return (loss * state.scaler["scale"] if fp16 else loss), (loss, aux)
+
+    return objective
+
+
+def make_pure_update(
+    optimizer: Optimizer, options: StepOptions = StepOptions()
+) -> Callable[[TrainState, Tensors, torch.Tensor, Aux], tuple[TrainState, dict]]:
+    """`update(state, grads, loss, aux) -> (state, metrics)`: what a step does once it holds the
+    gradient of scaled_objective (scaled by the fp16 loss scale): all_reduce, unscale or the
+    non-finite check, the optimizer, the skip, the new buffers (aux.buffers) and step, donation.
+    For a step that takes its gradient some other way (the GAN step pulls the generator's back
+    through a vjp); make_pure_train_step is grad + update."""
+    precision, donate, all_reduce = options.precision, options.donate, options.all_reduce
+    fp16 = precision == "fp16"
+
+    def update(state: TrainState, grads: Tensors, loss: torch.Tensor, aux: Aux) -> tuple[TrainState, dict]:
         metrics = {"loss": loss, **aux.metrics}
         if all_reduce is not None:  # data parallel: the global batch's mean gradient, on every rank
             grads, metrics, buffers = _synced(all_reduce, grads, metrics, aux.buffers)
@@ -133,7 +155,7 @@ def make_pure_train_step(
         scaler = new.get("scaler", {})
         return TrainState(new["params"], new["buffers"], new["opt"], new["step"], scaler), metrics
 
-    return step
+    return update
 
 
 def make_vmapped_train_step(

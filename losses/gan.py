@@ -137,11 +137,13 @@ def mode_seeking(fake, z, y=None, eps: float = 1e-5):
 
 
 class GANLoss(NamedTuple):
-    """The three pure pieces a GAN step needs, each in the engine's loss_fn form."""
+    """The three pure pieces engine.make_gan_step takes: the generator, and each player's loss (the
+    discriminator's in the engine's loss_fn form; the generator's of its images, as the step
+    differentiates it there and pulls the gradient back through the generator's forward)."""
 
     generate: object  # (gen_params, gen_buffers, z, y) -> (images in [-1, 1], gen_buffers)
     disc_loss: object  # (disc_params, disc_buffers, {"x", "y", "fake", ["u"]}) -> (loss, Aux)
-    gen_loss: object  # (gen_params, gen_buffers, {"z", "y", "x", "disc_params", "disc_buffers"}) -> ...
+    gen_loss: object  # (images, {"z", "y", "x", "disc_params", "disc_buffers"}) -> (loss, Aux)
 
 
 def make_gan_loss(
@@ -224,9 +226,8 @@ def make_gan_loss(
                 metrics[name] = torch.full((), math.nan, device=loss.device)
         return loss, Aux(metrics, buffers)
 
-    def gen_loss(params, buffers, batch):
+    def gen_loss(fake, batch):
         y = batch.get("y")
-        fake, buffers = call_module(gen, params, buffers, batch["z"], y)
         d_params, d_buffers = batch["disc_params"], batch["disc_buffers"]
         shown = seen(fake, batch, 1)
         if class_weight > 0:
@@ -247,6 +248,6 @@ def make_gan_loss(
             ce = F.cross_entropy(classes.float(), y)
             loss = loss + g_class * ce
             metrics.update(g_loss=loss.detach(), class_ce=ce.detach())
-        return loss, Aux(metrics, buffers)
+        return loss, Aux(metrics, {})
 
     return GANLoss(generate, disc_loss, gen_loss)

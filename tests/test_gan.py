@@ -183,7 +183,7 @@ def test_gan_step_contract(kind, n_disc, precision):
     assert all(m.dim() == 0 and torch.isfinite(m) for m in metrics.values())
     # BatchNorm statistics of the generator come back out of the step
     assert not torch.equal(new.gen.buffers["net.1.running_mean"], state.gen.buffers["net.1.running_mean"])
-    assert int(new.gen.buffers["net.1.num_batches_tracked"]) == n_disc + 1
+    assert int(new.gen.buffers["net.1.num_batches_tracked"]) == n_disc  # one forward per chunk
     for name, p in new.gen.params.items():  # EMA decay warms up: min(0.9, (1 + 0) / (10 + 0)) at step 0
         torch.testing.assert_close(new.ema[name], torch.lerp(state.ema[name], p, 1 - 0.1))
     if precision == "fp16":
@@ -232,3 +232,34 @@ def test_a_donated_gan_state_keeps_every_address():
         state, _ = step(state, _batch(i, 2))
     assert {k: v.data_ptr() for k, v in flatten_state(state).items()} == addresses
     assert int(state.step) == 2
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_step_is_pytorch_examples_dcgan_update_with_torch_optim(compile):
+    """pytorch/examples' dcgan/main.py by hand: D on real and on fake.detach(), optimizerD.step(),
+    then G's loss at the same fake (one generator forward), optimizerG.step(); torch.optim.Adam."""
+    gan, g_opt, d_opt, state = _setup("nonsaturating", 1)
+    step = engine.make_gan_step(*gan, g_opt, d_opt, engine.StepOptions(compile=compile))
+    torch.manual_seed(0)
+    gen, disc = build_gan("dcgan", (1, 28, 28), Z, 8)  # the same draws as _setup's
+    opt_g = torch.optim.Adam(gen.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    for i in range(3):
+        batch = _batch(i)
+        state, _ = step(state, batch)
+        real, fake = G.to_signed(batch["x"]), gen(batch["z"])
+        opt_d.zero_grad()
+        out_real, out_fake = disc(real), disc(fake.detach())
+        (bce(out_real, torch.ones_like(out_real)) + bce(out_fake, torch.zeros_like(out_fake))).backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        out = disc(fake)
+        bce(out, torch.ones_like(out)).backward()
+        opt_g.step()
+    tol = dict(rtol=1e-4, atol=1e-6) if compile else dict(rtol=1e-5, atol=1e-7)
+    for ours, theirs in ((state.gen.params, gen), (state.disc.params, disc)):
+        for name, p in theirs.named_parameters():
+            torch.testing.assert_close(ours[name], p.detach(), **tol, msg=name)
+    for name, b in gen.named_buffers():  # BatchNorm statistics: one generator forward per step, as theirs
+        torch.testing.assert_close(state.gen.buffers[name], b, **tol, msg=name)
