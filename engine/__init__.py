@@ -42,6 +42,7 @@ from engine.step import (
     compile_step,
     make_eval_step,
     make_pure_train_step,
+    make_pure_update,
     make_train_step,
     make_vmapped_train_step,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "compile_mode",
     "make_train_step",
     "make_pure_train_step",
+    "make_pure_update",
     "make_vmapped_train_step",
     "make_eval_step",
     "compile_step",

@@ -69,7 +69,7 @@ class GANConfig(RunConfig):
         "data set (auto: imagefolder with --image-folder, else mnist)",
         ("auto", *CLASSIFIED, "imagefolder"),
     )
-    epochs: int = option(24, "passes over the training set (one generator step per batch)")
+    epochs: int = option(32, "passes over the training set (one generator step per batch)")
     batch_size: int = option(64, "images per discriminator update")
     lr: float = option(5e-4, "Adam learning rate of the generator (and of D unless --d-lr; DCGAN: 2e-4)")
     d_lr: float = option(1e-3, "discriminator learning rate (0: --lr); above --lr: TTUR, Heusel et al. 2017")
