@@ -25,6 +25,8 @@ def main_guard(main):
         if os.environ.get("PURESTEP_DEBUG"):  # developers: the full traceback, no translation
             return main(argv)
         old_term = signal.signal(signal.SIGTERM, _terminated)  # before the loop takes it over
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = functools.partial(_quiet_unraisable, old_hook)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # experiments' start-up handler ends here
         # torch.compile on a CPU-only machine logs "No CUDA runtime is found" from cpp_extension on
         # every run: nothing a user can act on (its errors still show)
@@ -63,6 +65,7 @@ def main_guard(main):
 
         finally:
             signal.signal(signal.SIGTERM, old_term)
+            sys.unraisablehook = old_hook
 
     return wrapped
 
@@ -88,6 +91,14 @@ def _terminated(signum, frame):
     training loop stops after its first step (StopFlag.pending) and the command still exits 143."""
     StopFlag.pending = signum
     raise _Terminated
+
+
+def _quiet_unraisable(hook, unraisable):
+    """A SIGTERM that landed in a finalizer (an import lock's weakref callback) is swallowed there and
+    would print as "Exception ignored in ... Traceback"; StopFlag.pending still stops the command with
+    its one line, so say nothing here. Every other unraisable exception goes to the previous hook."""
+    if not isinstance(unraisable.exc_value, _Terminated):
+        hook(unraisable)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

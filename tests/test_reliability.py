@@ -529,6 +529,26 @@ def test_sigterm_before_the_first_step_prints_its_line(data_root, tmp_path):
     assert _error_line(err).startswith("error: terminated") or "interrupted at step" in out
 
 
+def test_a_sigterm_landing_in_a_finalizer_is_still_one_line_and_exit_143():
+    # the signal's exception raised inside a weakref callback (as in an import lock's): Python
+    # swallows it and would print "Exception ignored ... Traceback"; the command still ends in one line
+    script = (
+        "import gc, signal, weakref\n"
+        "from harness.guard import main_guard\n"
+        "class A: pass\n"
+        "@main_guard\n"
+        "def main(argv=None):\n"
+        "    a = A()\n"
+        "    r = weakref.ref(a, lambda _: signal.raise_signal(signal.SIGTERM))\n"
+        "    del a; gc.collect()\n"
+        "main()\n"
+    )
+    cmd = [sys.executable, "-c", script]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert _error_line(proc.stderr).startswith("error: terminated")
+
+
 def test_a_failed_write_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path):
     import errno
 
