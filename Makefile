@@ -72,7 +72,7 @@ data-abstract: $(STAMP)  ## 10,000 64x64 crops of the abstract wallpapers into $
 	@$(call APT,mate-backgrounds,/usr/share/backgrounds/mate)
 	@test -d $(ABSTRACT) || $(PY) -m experiments.folders abstract $(ABSTRACT)
 
-train-gan-emoji: data-emoji  ## make train-gan on the emoji folder (the folder recipe: residual nets, DiffAugment, R1 + R2)
+train-gan-emoji: data-emoji  ## make train-gan on the emoji folder (the folder recipe: a 32-wide DCGAN pair, DiffAugment, R1 + R2)
 	$(PY) -m experiments.gan --image-folder $(EMOJI) $(ARGS)
 
 train-gan-abstract: data-abstract  ## make train-gan on the abstract-wallpaper crops
