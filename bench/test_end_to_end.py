@@ -1,8 +1,9 @@
 """End to end, as a user waits for it: pytorch/examples' whole VAE program (bench.classic_vae) and
 the project's parity command for the same epochs, alternated, each timed from launch to exit: the
-command's first run (empty compile caches), then the peer and the command in turn, `E2E_ROUNDS`
-times each (default 2), medians reported. The CPU and its vector extensions head the table: eager
-PyTorch's speed, hence the ratio, depends on them.
+command's first run on empty compile caches, its first run after `make setup` (`python -m
+experiments.warm --only parity` into other empty caches, untimed), then the peer and the command in
+turn, `E2E_ROUNDS` times each (default 2), medians reported. The CPU and its vector extensions head
+the table: eager PyTorch's speed, hence the ratio, depends on them.
 
 `E2E_EPOCHS` (default 10) sets the epochs. A timing, not a test: it fails only when a program
 fails or a test loss is not a number.
@@ -50,10 +51,13 @@ def test_end_to_end(benchmark, tmp_path):
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
     }
     env = {**os.environ, **caches}
-    runs: dict[str, list] = {"first": [], "ours": [], "classic": []}
+    set_up = {**os.environ, **{k: f"{v}-setup" for k, v in caches.items()}}
+    runs: dict[str, list] = {"first": [], "setup": [], "ours": [], "classic": []}
 
-    def alternated():  # the first run on empty caches, then peer and command in turn
+    def alternated():  # the first runs (no setup, then after it), then peer and command in turn
         runs["first"].append(_ours(tmp_path / "first", env))
+        _launch(["experiments.warm", "--only", "parity"], set_up)  # what `make setup` runs
+        runs["setup"].append(_ours(tmp_path / "setup", set_up))
         for i in range(ROUNDS):
             runs["classic"].append(
                 _launch(["bench.classic_vae", "--epochs", str(EPOCHS), "--out", str(tmp_path / "c")], env)
@@ -62,6 +66,7 @@ def test_end_to_end(benchmark, tmp_path):
 
     benchmark.pedantic(alternated, rounds=1, iterations=1)
     first_s, first_timings = runs["first"][0]
+    setup_s = runs["setup"][0][0]
     ours_s = statistics.median(w for w, _ in runs["ours"])
     classic_s = statistics.median(w for w, _ in runs["classic"])
     ours_loss = json.loads((tmp_path / "ours0" / "final.json").read_text())["loss"]
@@ -82,6 +87,9 @@ def test_end_to_end(benchmark, tmp_path):
         "ours_test_loss": ours_loss,
         "speedup": classic_s / ours_s,
         "first_speedup": classic_s / first_s,
+        "setup_s": setup_s,
+        "setup_speedup": classic_s / setup_s,
+        "precision": json.loads((tmp_path / "ours0" / "config.json").read_text())["precision"],
         "loop_samples_per_s": rates[len(rates) // 2],  # the median epoch's, evaluation apart
         "first_step_cold_s": first_timings["to_first_step"],
         "first_step_warm_s": runs["ours"][0][1]["to_first_step"],

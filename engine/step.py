@@ -308,7 +308,6 @@ def _cached(step, mode: str, args: tuple, path: Path):
     failure anywhere gives torch.compile's usual lazily compiled step instead. Loading an artifact
     unpickles it: only an entry this user wrote and signed is read (engine.cache); any other is
     removed with one note."""
-    lazy = torch.compile(step, fullgraph=True, mode=mode)
     modules = _modules(step)
     try:
         data = read_signed(path)
@@ -326,7 +325,7 @@ def _cached(step, mode: str, args: tuple, path: Path):
         fn = torch.compile(step, fullgraph=True, mode=mode).aot_compile((args, {}))
     except Exception as e:  # an experimental torch API: never let it stop a run
         _note(f"compiled-step cache {path} not used", e)
-        return lazy
+        return torch.compile(step, fullgraph=True, mode=mode)  # built only here: it costs ~0.4 s
     try:
         cache_key(path.parent)  # the folder (0700) and its key first
         fn.save_compiled_function(str(path), external_data=modules)  # written atomically

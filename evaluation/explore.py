@@ -24,7 +24,7 @@ from harness.files import finite
 PAGE = "explore.html"
 GRID = 40  # decoded images per side of the code plane's dense grid
 STRIP = 12  # images in an interpolation strip
-PROJECTED = 2000  # test codes in TensorBoard's projector (the sprite stays small)
+PROJECTED = 1000  # test codes in TensorBoard's projector, ~100 a class (its sprite costs ~0.3 s a 1,000)
 NEIGHBOURS, RADIUS = 8, 0.35  # a GAN sample's neighbourhood: draws of z + RADIUS * N(0, I)
 CLASSES = {
     "mnist": [str(i) for i in range(10)],

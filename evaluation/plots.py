@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from harness.board import make_grid
+
 
 class _Lazy:
-    """A module imported at its first use: matplotlib and torchvision add to the start-up time,
+    """A module imported at its first use: matplotlib adds to the start-up time,
     which a run need not pay before its first step (its first figure comes after an epoch)."""
 
     def __init__(self, load):
@@ -33,12 +35,6 @@ def _pyplot():
 plt = _Lazy(_pyplot)
 ticker = _Lazy(lambda: __import__("matplotlib.ticker").ticker)
 Image = _Lazy(lambda: __import__("PIL.Image").Image)
-
-
-def make_grid(*args, **kwargs):
-    from torchvision.utils import make_grid
-
-    return make_grid(*args, **kwargs)
 
 
 def _grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:

@@ -12,6 +12,24 @@ import torch
 FOLDER = "tensorboard"
 
 
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
+    """torchvision.utils.make_grid's layout, without importing torchvision (half a second of a short
+    run): images (N, C, H, W), one channel repeated to three, nrow to a row, each tile with padding
+    above and left of it and one more band below and right of all; a single image as it is."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    if n == 1:
+        return images[0]
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    tiles = images.new_full((rows * cols, c, h + padding, w + padding), pad_value)
+    tiles[:n, :, padding:, padding:] = images
+    grid = tiles.view(rows, cols, c, h + padding, w + padding).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(c, rows * (h + padding), cols * (w + padding))
+    return torch.nn.functional.pad(grid, (0, padding, 0, padding), value=pad_value)
+
+
 class Board:
     """A SummaryWriter once opened, or nothing at all when off (--no-tensorboard, or a rank other than 0)."""
 
@@ -45,8 +63,6 @@ class Board:
         """A grid of images (N, C, H, W) in [0, 1]."""
         if self.writer is None:
             return
-        from torchvision.utils import make_grid
-
         grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
         self.writer.add_image(tag, grid, step)
 

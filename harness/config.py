@@ -148,8 +148,8 @@ class RunConfig(RunFlags):
         BINARIZE,
     )
     precision: str = option(
-        "fp32", "autocast policy; fp16 adds dynamic loss scaling; auto: bf16 where native, else fp32",
-        (*PRECISIONS, "auto"),
+        "auto", "autocast policy; fp16 adds dynamic loss scaling; auto: bf16 where the CPU or GPU has it in "
+        "hardware (fp32 master weights and optimizer state), else fp32", (*PRECISIONS, "auto"),
     )  # fmt: skip
     tf32: bool = option(False, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (faster, inexact)")
     deterministic: bool = option(

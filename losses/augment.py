@@ -51,6 +51,14 @@ def cutout(x: torch.Tensor, u: torch.Tensor, ratio: float = CUTOUT) -> torch.Ten
     return x * keep[:, None].to(x.dtype)
 
 
+def mirror(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The data set's mirror images: each image of x (B, C, H, W) flipped left to right where its
+    draw n (B,) is positive, so half of them on average (StyleGAN's --mirror, the x-flips of ADA's
+    paper). It changes the real data, not only what D sees: the generator learns the flipped images
+    as images of the set, which leaks nothing where a mirrored image is as plausible as the image."""
+    return torch.where(n.view(-1, 1, 1, 1) > 0, x.flip(-1), x)
+
+
 def diff_augment(x: torch.Tensor, u: torch.Tensor, policy: tuple[str, ...] = AUGMENTS) -> torch.Tensor:
     """x (B, C, H, W) in [-1, 1] through the augmentations named in policy, in AUGMENTS order;
     u (B, DRAWS) uniforms in [0, 1): columns 0-2 colour, 3-4 translation, 5-6 cutout. Differentiable

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import Aux, call_module
-from losses.augment import diff_augment
+from losses.augment import diff_augment, mirror
 
 GAN_LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp", "relativistic")
 
@@ -158,6 +158,7 @@ def make_gan_loss(
     gen_class_weight: float | None = None,
     r2_gamma: float = 0.0,
     augment: tuple[str, ...] = (),
+    mirrored: bool = False,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -178,6 +179,8 @@ def make_gan_loss(
     images and steps as R1. augment (names from losses.augment.AUGMENTS): every image D sees, real
     and generated, in both players' losses, goes through diff_augment with the batch's draws
     batch["aug"] (B, 2, DRAWS) standard normal: [:, 0] for the real images, [:, 1] for the fakes.
+    mirrored: the real images x-flipped where batch["mirror"] (B,) is positive (losses.augment.mirror),
+    in every term that reads them (R1 included).
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
@@ -187,6 +190,11 @@ def make_gan_loss(
     def generate(params, buffers, z, y=None):
         return call_module(gen, params, buffers, z, y)
 
+    def real_images(batch):
+        """The batch's real images in [-1, 1], their mirror images where batch["mirror"] says so."""
+        x = to_signed(batch["x"])
+        return mirror(x, batch["mirror"]) if mirrored else x
+
     def seen(images, batch, which: int):
         """What D sees of `images`: augmented with the batch's draws (real: 0, fake: 1), or as they are."""
         if not augment:
@@ -194,7 +202,7 @@ def make_gan_loss(
         return diff_augment(images, uniform_from_normal(batch["aug"][:, which]), augment)
 
     def disc_loss(params, buffers, batch):
-        x, fake, y = to_signed(batch["x"]), batch["fake"].to(batch["x"].dtype), batch.get("y")
+        x, fake, y = real_images(batch), batch["fake"].to(batch["x"].dtype), batch.get("y")
         real, fake = seen(x, batch, 0), seen(fake, batch, 1)
         # real and fake in separate passes: a BatchNorm discriminator normalises each batch on its own
         if class_weight > 0:
@@ -235,7 +243,7 @@ def make_gan_loss(
         else:
             logits, _ = call_module(disc, d_params, d_buffers, shown, y)
         if kind in PAIRED:
-            real = seen(to_signed(batch["x"]), batch, 0)
+            real = seen(real_images(batch), batch, 0)
             real_logits, _ = call_module(disc, d_params, d_buffers, real, y)
             loss, metrics = g_fn(logits.float(), real_logits.float().detach())
         else:

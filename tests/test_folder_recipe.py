@@ -95,6 +95,32 @@ def test_r2_penalty_and_augmentation_in_the_discriminator_loss():
     assert float(loss) == pytest.approx(float((plain + r2).detach()), rel=1e-6)
 
 
+def test_mirror_flips_exactly_the_images_drawn_and_every_term_of_d_reads_them_flipped():
+    """mirror against torchvision's hflip, image by image; disc_loss with mirrored=True equals the
+    plain loss (R1 included) on a batch whose drawn images torchvision flipped beforehand."""
+    from torchvision.transforms.functional import hflip
+
+    x, n = _images(), torch.tensor([0.3, -1.2, 2.0, -0.1], dtype=torch.float64)
+    out = A.mirror(x, n)
+    for i in range(4):
+        torch.testing.assert_close(out[i], hflip(x[i]) if n[i] > 0 else x[i], rtol=0, atol=0)
+    assert not torch.equal(out, x)
+    torch.manual_seed(0)
+    gen, disc = (m.double() for m in build_gan("dcgan", (3, 64, 64), 8, 4, False))
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 64, 64, generator=g, dtype=torch.float64)
+    batch = {"x": x, "fake": torch.rand(4, 3, 64, 64, generator=g, dtype=torch.float64) * 2 - 1, "mirror": n}
+    params, buffers = {k: v.detach() for k, v in disc.named_parameters()}, dict(disc.named_buffers())
+    kw = {"r1_gamma": 2.0, "augment": A.AUGMENTS}
+    batch["aug"] = torch.randn(4, 2, A.DRAWS, generator=g, dtype=torch.float64)
+    loss, aux = G.make_gan_loss(gen, disc, mirrored=True, **kw).disc_loss(params, buffers, batch)
+    flipped = torch.stack([hflip(x[i]) if n[i] > 0 else x[i] for i in range(4)])
+    ref, ref_aux = G.make_gan_loss(gen, disc, **kw).disc_loss(params, buffers, {**batch, "x": flipped})
+    assert float(loss) == float(ref) and float(aux.metrics["r1"]) == float(ref_aux.metrics["r1"])
+    unflipped, _ = G.make_gan_loss(gen, disc, **kw).disc_loss(params, buffers, batch)
+    assert float(unflipped) != float(loss)
+
+
 def test_resnet_pair_is_64px_rgb_with_no_normalisation_in_the_discriminator():
     gen, disc = build_gan("resnet", (3, 64, 64), 16, 8, disc_norm=True)  # disc_norm is dcgan's alone
     with torch.no_grad():
@@ -117,9 +143,15 @@ def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():
     digits = GANConfig()
     assert (digits.dataset, digits.arch, digits.width, digits.r2_gamma, digits.augmentations) == (
         "mnist", "dcgan", 64, 0.0, ())  # fmt: skip
-    assert BUILT_IN["augment"] == ("none",)
-    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0)
-    assert (mine.arch, mine.augmentations, mine.r2_gamma) == ("dcgan", ("translation",), 0.0)
+    assert BUILT_IN["augment"] == ("none",) and digits.mirror == "off"  # a mirrored digit is no digit
+    assert folder.mirror == ("on" if FOLDER["mirror"] else "off")
+    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0, mirror="on")
+    assert (mine.arch, mine.augmentations, mine.r2_gamma, mine.mirror) == (
+        "dcgan",
+        ("translation",),
+        0.0,
+        "on",
+    )
 
 
 def test_subfolders_are_labels_in_sorted_order(tmp_path):

@@ -136,6 +136,7 @@ def test_stop_flag_turns_signals_into_a_flag_and_a_second_ctrl_c_into_an_interru
 
 def test_an_opened_run_is_frozen_and_holds_what_its_flags_say(data_root, tmp_path, monkeypatch):
     from experiments.vae import VAEConfig
+    from harness import device
 
     monkeypatch.setenv("DATA_DIR", str(data_root))
     argv = ["--arch", "mlp", "--val-split", "1000", "--run-dir", str(tmp_path / "r"), "--no-compile-cache"]
@@ -143,7 +144,8 @@ def test_an_opened_run_is_frozen_and_holds_what_its_flags_say(data_root, tmp_pat
     assert (
         len(run.data.val.images) == 1000 and len(run.train.images) == 59000 and len(run.test.images) == 10000
     )
-    assert run.options == engine.StepOptions(precision="fp32", compile="auto", donate=True)
+    native = device.resolve_precision("auto", torch.device("cpu"))  # the default: bf16 where native
+    assert run.options == engine.StepOptions(precision=native, compile="auto", donate=True)
     assert not (tmp_path / "r" / "config.json").exists()  # written when training starts, not before
     resume_run(run, None, run.loader())
     assert json.loads((tmp_path / "r" / "config.json").read_text())["experiment"] == "vae"

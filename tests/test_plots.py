@@ -67,3 +67,18 @@ def test_image_grids_keep_rgb_colours_and_grey_greys(tmp_path):
     pixels = _read_rgb(tmp_path / "grey.png").int()
     assert (pixels[0] - pixels[1]).abs().max() <= 1 and (pixels[1] - pixels[2]).abs().max() <= 1
     assert _read_rgb(tmp_path / "both.png").shape[0] == 3
+
+
+GRIDS = [(1, 3, 8, 2, 1.0), (5, 1, 8, 2, 1.0), (8, 3, 8, 0, 0.0), (13, 3, 4, 2, 0.5), (64, 1, 8, 2, 1.0),
+         (7, 3, 10, 3, 0.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("n,c,nrow,padding,pad_value", GRIDS)
+def test_the_grid_is_torchvisions_make_grid_exactly(n, c, nrow, padding, pad_value):
+    from torchvision.utils import make_grid as reference
+
+    from harness.board import make_grid
+
+    x = torch.rand(n, c, 6, 5, generator=torch.Generator().manual_seed(n))
+    expected = reference(x, nrow=nrow, padding=padding, pad_value=pad_value)
+    assert torch.equal(make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value), expected)

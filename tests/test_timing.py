@@ -217,6 +217,7 @@ def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that
     step_file, tmp_path, monkeypatch
 ):
     from experiments import ae, gan, vae
+    from harness.device import resolve_precision
 
     path = step_file
     parity = ("--arch", "mlp", "--epochs", "10", "--batch-size", "128", "--lr", "1e-3")
@@ -227,7 +228,8 @@ def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that
         vae.main, *parity, "--seed", "3", "--epochs", "2", "--dataset", "fashion-mnist", "--val-split", "100"
     )
     assert same == base
-    for changed in (("--lr", "2e-3"), ("--latent-dim", "8"), ("--precision", "bf16"), ("--batch-size", "64"),
+    other = "fp32" if resolve_precision("auto", torch.device("cpu")) == "bf16" else "bf16"  # not the default
+    for changed in (("--lr", "2e-3"), ("--latent-dim", "8"), ("--precision", other), ("--batch-size", "64"),
                     ("--kl-warmup", "100"), ("--lr-decay", "cosine"), ("--arch", "conv")):  # fmt: skip
         assert path(vae.main, *parity, *changed) != base, changed
     assert path(vae.main, *parity, "--lr-decay", "cosine") != path(
