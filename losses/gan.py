@@ -125,10 +125,12 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
 def mode_seeking(fake, z, y=None, eps: float = 1e-5):
     """Mao et al. (2019)'s mode-seeking term 1 / (mean d(G(z1), G(z2)) / d(z1, z2) + eps), over the
     pairs of the batch drawn for the same label (every pair when y is None), d the mean absolute
-    difference. A generator that ignores z makes it large. Zero when no two images share a label."""
+    difference. A generator that ignores z makes it large. Zero when no two images share a label.
+    The distances come from cdist (p=1) rather than a (B, B, D) difference tensor: at 64 images of
+    64x64 RGB that tensor is 200 MB and made the step 2.7x slower."""
     f, zz = fake.flatten(1).float(), z.flatten(1).float()
-    d_img = (f[:, None] - f[None]).abs().mean(-1)  # (B, B)
-    d_z = (zz[:, None] - zz[None]).abs().mean(-1)
+    d_img = torch.cdist(f[None], f[None], p=1)[0] / f.shape[1]  # (B, B) mean absolute differences
+    d_z = torch.cdist(zz[None], zz[None], p=1)[0] / zz.shape[1]
     pairs = 1 - torch.eye(len(f), device=f.device)
     if y is not None:
         pairs = pairs * (y[:, None] == y[None]).float()

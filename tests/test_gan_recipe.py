@@ -125,6 +125,13 @@ def test_mode_seeking_term_matches_its_pairwise_definition_and_punishes_a_genera
         if i != j
     ]
     torch.testing.assert_close(mode_seeking(fake, z), 1 / (torch.stack(every_pair).mean() + 1e-5))
+    x = fake.double().requires_grad_(True)  # the generator learns through it: its gradient, too
+    (grad,) = torch.autograd.grad(mode_seeking(x, z.double(), y), x)
+    (pairwise,) = torch.autograd.grad(1 / (torch.stack([
+        (x[i] - x[j]).abs().mean() / (z[i] - z[j]).abs().mean()
+        for i in range(6) for j in range(6) if i != j and y[i] == y[j]
+    ]).mean() + 1e-5), x)  # fmt: skip
+    torch.testing.assert_close(grad, pairwise, rtol=1e-4, atol=1e-6)  # the term computes in float32
     per_label = fake[y]  # one image per label, whatever z: the collapse the term is for
     assert mode_seeking(per_label, z, y) > 1e4 * mode_seeking(fake, z, y)
     assert mode_seeking(fake, z, torch.arange(6)) == 0  # no two images share a label: nothing to compare
