@@ -180,19 +180,17 @@ def _e2e_lines(rows: list[dict]) -> list[str]:
             f"| {classic} | {r['epochs']} | {runs['classic_runs_s']} | {r['classic_s']:.1f} | {c:.2f} |"
         )
         lines.append(f"| {ours}, first run (empty caches) | {r['epochs']} | {f:.1f} | {f:.1f} | |")
-        if "setup_s" in r:
-            s = r["setup_s"]
-            lines.append(f"| {ours}, first run after `make setup` | {r['epochs']} | {s:.1f} | {s:.1f} | |")
+        s = r["setup_s"]
+        lines.append(f"| {ours}, first run after `make setup` | {r['epochs']} | {s:.1f} | {s:.1f} | |")
         lines.append(
             f"| {ours}, later runs | {r['epochs']} | {runs['ours_runs_s']} | {r['ours_s']:.1f} | {o:.2f} |"
         )
         cold, warm = r["first_step_cold_s"], r["first_step_warm_s"]
         first = f"{cold:.1f} s with empty compile caches, {warm:.1f} s warm"
         lines += ["", f"The command finished {r['first_speedup']:.2f}x sooner on its first run, "]
-        if "setup_s" in r:
-            lines[-1] += f"{r['setup_speedup']:.2f}x on its first after `make setup`, "
+        lines[-1] += f"{r['setup_speedup']:.2f}x on its first after `make setup`, "
         lines[-1] += f"{r['speedup']:.2f}x on later ones. Launch to the end of its 1st step: {first}."
-        precision = r.get("precision", "fp32")  # the command's --precision, as it resolved
+        precision = r["precision"]  # the command's --precision, as it resolved
         step = next((x for x in ROWS if x["id"] == f"mlp_vae-cpu-{precision}-compiled-128"), None)
         rate = r["loop_samples_per_s"]
         loop = f"The training loop ran {rate:,.0f} samples/s (median epoch after the first)"

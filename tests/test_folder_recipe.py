@@ -143,14 +143,14 @@ def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():
     digits = GANConfig()
     assert (digits.dataset, digits.arch, digits.width, digits.r2_gamma, digits.augmentations) == (
         "mnist", "dcgan", 64, 0.0, ())  # fmt: skip
-    assert BUILT_IN["augment"] == ("none",) and digits.mirror == "off"  # a mirrored digit is no digit
-    assert folder.mirror == ("on" if FOLDER["mirror"] else "off")
-    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0, mirror="on")
+    assert BUILT_IN["augment"] == ("none",) and not digits.mirror  # a mirrored digit is no digit
+    assert not folder.mirror  # measured on the emoji, not adopted
+    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0, mirror=True)
     assert (mine.arch, mine.augmentations, mine.r2_gamma, mine.mirror) == (
         "dcgan",
         ("translation",),
         0.0,
-        "on",
+        True,
     )
 
 
