@@ -187,9 +187,12 @@ def _e2e_lines(rows: list[dict]) -> list[str]:
         )
         cold, warm = r["first_step_cold_s"], r["first_step_warm_s"]
         first = f"{cold:.1f} s with empty compile caches, {warm:.1f} s warm"
-        lines += ["", f"The command finished {r['first_speedup']:.2f}x sooner on its first run, "]
-        lines[-1] += f"{r['setup_speedup']:.2f}x on its first after `make setup`, "
-        lines[-1] += f"{r['speedup']:.2f}x on later ones. Launch to the end of its 1st step: {first}."
+        lines += [
+            "",
+            f"The command finished {r['first_speedup']:.2f}x sooner on its first run, "
+            f"{r['setup_speedup']:.2f}x on its first after `make setup`, "
+            f"{r['speedup']:.2f}x on later ones. Launch to the end of its 1st step: {first}.",
+        ]
         precision = r["precision"]  # the command's --precision, as it resolved
         step = next((x for x in ROWS if x["id"] == f"mlp_vae-cpu-{precision}-compiled-128"), None)
         rate = r["loop_samples_per_s"]
