@@ -61,9 +61,11 @@ def load_into_module(module: torch.nn.Module, path: Path, device, dtype=None) ->
     return weights
 
 
-def load_generator(run_dir: Path, device) -> tuple[dict, Sampler]:
+def load_generator(run_dir: Path, device, rejection: bool = False) -> tuple[dict, Sampler]:
     """(the run's saved config, its EMA generator as a Sampler) of a finished GAN run; DataError if it
-    is not one. Committed generators are stored in fp16 (half the size); sampling runs in float32."""
+    is not one. Committed generators are stored in fp16 (half the size); sampling runs in float32.
+    rejection: the run's discriminator.safetensors too, as the Sampler's critic (its samples then
+    come by discriminator rejection sampling, evaluation.sampling.rejection_sample)."""
     saved = run_config(run_dir) or {}
     if saved.get("experiment") != "gan" or not (run_dir / "generator.safetensors").exists():
         raise DataError(f"{run_dir} is not a finished GAN run (config.json and generator.safetensors)")
@@ -71,8 +73,10 @@ def load_generator(run_dir: Path, device) -> tuple[dict, Sampler]:
         classified = saved["dataset"] in DATASET_NAMES  # MNIST's 28x28 grey, or a folder's own size
         shape = (1, 28, 28) if classified else (saved["channels"], saved["image_size"], saved["image_size"])
         classes = 10 if saved.get("conditional") else 0
+        classify = bool(classes) and saved.get("class_weight", 0) > 0  # D's auxiliary classifier head
         gen, disc = build_gan(saved["arch"], shape, saved["latent_dim"], saved["width"],
-                              saved.get("disc_norm", False), classes)  # fmt: skip
+                              saved.get("disc_norm", False), classes, classify,
+                              saved.get("disc_width", 0))  # fmt: skip
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise DataError(f"{run_dir}/config.json does not describe a generator here ({e!r})") from None
     # fp16 on disk, float32 to sample; int counters stay
@@ -80,4 +84,10 @@ def load_generator(run_dir: Path, device) -> tuple[dict, Sampler]:
     params = {k: v for k, v in weights.items() if k in dict(gen.named_parameters())}
     buffers = {k: v for k, v in weights.items() if k not in params}
     generate = make_gan_loss(gen.to(device), disc.to(device), saved["loss"]).generate
-    return saved, Sampler(generate, params, buffers, saved["latent_dim"], classes)
+    critic = None
+    if rejection:
+        if not (run_dir / "discriminator.safetensors").exists():
+            raise DataError(f"{run_dir} has no discriminator.safetensors to sample by rejection with")
+        load_into_module(disc, run_dir / "discriminator.safetensors", device, torch.float32)
+        critic = disc.eval()
+    return saved, Sampler(generate, params, buffers, saved["latent_dim"], classes, critic)

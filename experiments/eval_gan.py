@@ -37,6 +37,7 @@ from harness.files import json_text
 from harness.imagefolder import class_names
 from harness.rundir import PROBES, lock_run_dir, read_metrics
 
+REJECTED = "EMA generator, discriminator rejection sampling"
 FIGURES = [  # (file written by training, caption)
     ("samples_vs_real.png", "EMA generator on a fixed z beside real test images"),
     ("losses_per_step.png", "losses and D outputs per step (faint: raw; solid: smoothed)"),
@@ -58,13 +59,17 @@ def vae_samples(vae_run: Path, dataset: str, n: int, seed: int, device) -> tuple
     return f"VAE samples ({cfg['arch']}, z={cfg['latent_dim']}, {vae_run.name})", images
 
 
-def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: int = 0) -> dict:
-    """The metric table rows and the nearest-neighbour grid."""
-    saved, sampler = load_generator(run_dir, device)
+def evaluate(
+    run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: int = 0, rejection: bool = False
+) -> dict:
+    """The metric table rows and the nearest-neighbour grid; rejection: one more row, the same
+    generator's samples drawn by discriminator rejection sampling."""
+    saved, drawn = load_generator(run_dir, device, rejection)
+    sampler = drawn._replace(critic=None)  # the figures and the first row: the generator as it is
     cfg = SimpleNamespace(**saved)  # the GAN run's flags, as load_splits reads them
     train, test = load_splits(cfg, device)
     if cfg.dataset not in DATASET_NAMES:
-        return evaluate_folder(cfg, sampler, train, test, n, run_dir)
+        return evaluate_folder(cfg, drawn, train, test, n, run_dir)
     reference = RealReference(cfg.dataset, test, device)
     fake = sample_images(sampler, n, TEST_SEED)
     fake_feats, fake_logits = reference.embed(fake)
@@ -73,6 +78,12 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
             reference.features, fake_feats, fake_logits
         )
     }
+    if drawn.critic is not None:
+        kept_feats, kept_logits = reference.embed(sample_images(drawn, n, TEST_SEED))
+        kept = compare_features(reference.features, kept_feats, kept_logits)
+        if sampler.classes:  # each image is drawn for the label of its slot, as without rejection
+            kept["agreement"] = label_agreement(kept_logits, sampler.labels(n))
+        rows[f"GAN ({cfg.arch}, {cfg.loss}, {REJECTED})"] = kept
     floor = random_subset(train, n, TEST_SEED)
     rows["real training images (the floor)"] = reference.score(floor)
     if vae_run is not None:
@@ -110,9 +121,11 @@ def evaluate(run_dir: Path, vae_run: Path | None, n: int, device, cas_samples: i
     return result
 
 
-def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
+def evaluate_folder(cfg, drawn, train, test, n: int, run_dir: Path) -> dict:
     """An image-folder run: the multi-scale SWD of as many samples as the folder holds out, against
-    those held-out images, beside the floor (as many training images against them)."""
+    those held-out images, beside the floor (as many training images against them); a sampler with
+    a critic adds the rows of its rejection-sampled images."""
+    sampler = drawn._replace(critic=None)
     name = folder_classifier(class_names(cfg.image_folder))  # a shipped classifier of its classes, if any
     if name:
         reference = LabelledFolderReference(test, train, TEST_SEED, name, sampler.device)
@@ -122,10 +135,13 @@ def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
     score = reference.score(fake)
     real = score.pop("diversity_real")
     del score["swd_floor"]
-    rows = {
-        f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score,
-        "training images (the floor)": {**reference.floor(), "diversity": reference.copies_diversity()},
-    }
+    rows = {f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score}
+    if drawn.critic is not None:
+        kept = reference.score(sample_images(drawn, len(reference), TEST_SEED))
+        rows[f"GAN ({cfg.arch}, {cfg.loss}, {REJECTED})"] = {
+            k: v for k, v in kept.items() if k not in ("diversity_real", "swd_floor")
+        }
+    rows["training images (the floor)"] = {**reference.floor(), "diversity": reference.copies_diversity()}
     title = f"{cfg.image_folder}: 32 samples, each over its nearest of {len(train.images):,} training images"
     save_nearest_grid(fake[:32], to_unit(train.images), run_dir / "nearest_neighbours.png", title)
     result = {"dataset": cfg.image_folder, "samples": len(reference), "rows": rows, "metric": "swd",
@@ -144,7 +160,20 @@ def evaluate_folder(cfg, sampler, train, test, n: int, run_dir: Path) -> dict:
             "classes",
         )
         result["classified"] = {"classifier": name, "samples": n, **{k: scores[k] for k in keys}}
+        if drawn.critic is not None:
+            scores = reference.classified(drawn, n, TEST_SEED, coverage=True)
+            result["classified_rejection"] = {k: scores[k] for k in keys}
     return result
+
+
+def _classified(c: dict) -> str:
+    """One sentence of a labelled folder's scores in its classifier's features."""
+    return (
+        f"FID **{c['fid']:.2f}** ({c['fid'] / c['fid_floor']:.1f}x the floor {c['fid_floor']:.2f}, training "
+        f"images against them), IS {c['is']:.2f}, precision {c['precision']:.3f}, recall {c['recall']:.3f}; "
+        f"{c['classes_found']} of {c['classes']} classes drawn, the rarest at "
+        f"{100 * c['rarest_share']:.1f}%, KL(generated || real) of the class shares {c['class_kl']:.3f}."
+    )
 
 
 def write_folder_report(run_dir: Path, result: dict) -> None:
@@ -170,13 +199,10 @@ def write_folder_report(run_dir: Path, result: dict) -> None:
         lines += [
             "",
             f"In the features of the `{c['classifier']}` classifier (trained on the folder's classes), "
-            f"{c['samples']:,} samples against the held-out images: FID **{c['fid']:.2f}** "
-            f"({c['fid'] / c['fid_floor']:.1f}x the floor {c['fid_floor']:.2f}, training images against "
-            "them), "
-            f"IS {c['is']:.2f}, precision {c['precision']:.3f}, recall {c['recall']:.3f}; "
-            f"{c['classes_found']} of {c['classes']} classes drawn, the rarest at "
-            f"{100 * c['rarest_share']:.1f}%, KL(generated || real) of the class shares {c['class_kl']:.3f}.",
+            f"{c['samples']:,} samples against the held-out images: {_classified(c)}",
         ]
+    if "classified_rejection" in result:
+        lines += ["", f"By discriminator rejection sampling: {_classified(result['classified_rejection'])}"]
     lines += [""] + [f"![{caption}]({f})\n" for f, caption in FIGURES if (run_dir / f).exists()]
     lines += ["![each sample over its nearest training image (pixels)](nearest_neighbours.png)\n"]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
@@ -220,7 +246,13 @@ def write_report(run_dir: Path, result: dict) -> None:
             "## Conditional generation",
             "",
             f"The classifier agrees with the requested label for {result['label_agreement']:.2%} of "
-            f"{result['samples']:,} samples (labels 0-9 in turn).",
+            f"{result['samples']:,} samples (labels 0-9 in turn)"
+            + "".join(
+                f"; by discriminator rejection sampling for {r['agreement']:.2%}"
+                for name, r in rows.items()
+                if "agreement" in r
+            )
+            + ".",
             "",
             "| class | " + " | ".join(str(c) for c in range(len(result["per_class_agreement"]))) + " |",
             "|---|" + "---:|" * len(result["per_class_agreement"]),
@@ -255,6 +287,9 @@ class EvalGANConfig(DeviceFlags):
     export: str = option(
         "", "also copy the generator (fp16) and config.json here, a folder eval-gan can score"
     )
+    rejection: bool = option(
+        False, "draw the samples by discriminator rejection sampling with the run's D (Azadi et al. 2019)"
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -280,12 +315,15 @@ def plot_against_baseline(run_dir: Path, baseline: Path) -> None:
 
 
 def export_generator(run_dir: Path, out: Path) -> None:
-    """The run's EMA generator in fp16 (half the bytes; sampling converts back to float32) with its
-    config.json (all that load_generator, hence `make eval-gan RUN=out`, needs) and its figures."""
+    """The run's EMA generator and its discriminator (for --rejection) in fp16 (half the bytes;
+    sampling converts back to float32) with its config.json (all that load_generator, hence `make
+    eval-gan RUN=out`, needs) and its figures."""
     out.mkdir(parents=True, exist_ok=True)
-    weights, _ = load_weights(run_dir / "generator.safetensors")
-    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    save_weights(out / "generator.safetensors", half, metadata={"dtype": "float16"})
+    for name in ("generator.safetensors", "discriminator.safetensors"):
+        if (run_dir / name).exists():
+            weights, _ = load_weights(run_dir / name)
+            half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+            save_weights(out / name, half, metadata={"dtype": "float16"})
     # the training figures the report shows, the probes behind the curve and the run's wall time
     for name in ["config.json", "timings.json", "probes.jsonl", *(f for f, _ in FIGURES)]:
         if (run_dir / name).exists():
@@ -303,7 +341,8 @@ def main(argv=None):
         lock_run_dir(args.export)
         export_generator(run_dir, Path(args.export))
         run_dir = Path(args.export)
-    result = evaluate(run_dir, vae_run, args.samples, resolve_device(args.device), args.cas_samples)
+    device = resolve_device(args.device)
+    result = evaluate(run_dir, vae_run, args.samples, device, args.cas_samples, args.rejection)
     (run_dir / "eval.json").write_text(json_text(result))
     write_report(run_dir, result)
     for name, r in result["rows"].items():

@@ -325,8 +325,9 @@ def test_exported_fp16_generator_scores_like_the_run_and_the_baseline_curve_is_d
     out = tmp_path / "committed"
     args = [mlp_gan_run, "--samples", "1000", "--export", out, "--baseline-run", mlp_gan_run]
     run_cli("experiments.eval_gan", args, data_root)
-    weights = load_file(str(out / "generator.safetensors"))
-    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    for name in ("generator", "discriminator"):  # D too: --rejection samples with it
+        weights = load_file(str(out / f"{name}.safetensors"))
+        assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     assert (out / "config.json").exists() and (out / "quality_vs_baseline.png").exists()
     exported = json.loads((out / "eval.json").read_text())
     run_cli("experiments.eval_gan", [mlp_gan_run, "--samples", "1000"], data_root)
@@ -337,6 +338,16 @@ def test_exported_fp16_generator_scores_like_the_run_and_the_baseline_curve_is_d
     cov = original["coverage"]  # mode coverage of every report
     assert len(cov["class_shares"]) == 10 and abs(sum(cov["class_shares"]) - 1) < 1e-9
     assert "## Mode coverage" in (mlp_gan_run / "report.md").read_text()
+    # discriminator rejection sampling with the exported D: one more row (other images: another
+    # score), the plain one unchanged; a run without its D is one clear line
+    run_cli("experiments.eval_gan", [out, "--samples", "1000", "--rejection"], data_root)
+    rows = json.loads((out / "eval.json").read_text())["rows"]
+    kept = rows[next(n for n in rows if "rejection" in n)]
+    assert rows[name] == exported["rows"][name] and kept["fid"] != rows[name]["fid"]
+    assert "discriminator rejection sampling" in (out / "report.md").read_text()
+    (out / "discriminator.safetensors").unlink()
+    proc = run_cli("experiments.eval_gan", [out, "--rejection"], data_root, expect=2)
+    assert "has no discriminator.safetensors" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_a_compiled_cpu_run_prints_no_cuda_runtime_notice(data_root, tmp_path):

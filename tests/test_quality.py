@@ -13,6 +13,7 @@ from evaluation.quality import (
     nearest_neighbours,
     precision_recall,
 )
+from evaluation.sampling import Sampler, rejection_sample, sample_images
 
 
 def _feats(n=2000, d=16, seed=0):
@@ -184,3 +185,41 @@ def test_real_reference_keeps_its_outputs_on_disk_for_the_next_process(monkeypat
     assert fidelity.features_dir() is None
     monkeypatch.setenv("PURESTEP_FEATURES", str(tmp_path / "elsewhere"))  # the tests' own folder
     assert fidelity.features_dir() == tmp_path / "elsewhere"
+
+
+def _uniform_sampler(critic=None, classes=0):
+    """A 'generator' of 1-pixel images uniform on (-1, 1) (2 Phi(z) - 1); a conditional one adds
+    nothing of the label to the pixel but keeps it for the critic."""
+
+    def generate(params, buffers, z, y=None):
+        return torch.erf(z[:, :1] / math.sqrt(2)).view(-1, 1, 1, 1), buffers
+
+    return Sampler(generate, {"w": torch.zeros(1)}, {}, 2, classes, critic)
+
+
+def test_rejection_sampling_turns_the_generators_density_into_the_one_the_critic_implies():
+    # p_g uniform on (-1, 1); a critic whose logit is log(1 + x) = log(p_data / p_g) for the
+    # triangular p_data(x) = (1 + x) / 2. DRS keeps x with probability min(1, (1 + x) / e^M), e^M the
+    # 0.9 quantile of 1 + x (1.8), so it draws from the density proportional to min(1 + x, 1.8).
+    critic = lambda x: torch.log1p(x.flatten(1)[:, 0])  # noqa: E731
+    images = rejection_sample(_uniform_sampler(critic), 20000, seed=3)
+    x = images.flatten() * 2 - 1
+    grid = torch.linspace(-1, 1, 200001, dtype=torch.float64)
+    density = torch.clamp(1 + grid, max=1.8)
+    expected = (grid * density).sum() / density.sum()  # 0.2947...; the uniform's is 0, the triangle's 1/3
+    assert abs(x.mean().item() - expected.item()) < 0.015
+    assert (x > 0).float().mean().item() > 0.6  # the uniform: 0.5
+    assert torch.equal(images, rejection_sample(_uniform_sampler(critic), 20000, seed=3))  # seeded
+    assert sample_images(_uniform_sampler(critic), 20000, 3).equal(images)  # a sampler with a critic
+
+
+def test_rejection_sampling_of_a_conditional_generator_keeps_each_image_beside_its_label():
+    # the critic rejects every image of an odd label drawn at x < 0: each kept image still comes back
+    # in the slot of the label it was drawn for, so odd slots hold only x >= 0
+    critic = lambda x, y: torch.where((y % 2 == 1) & (x.flatten(1)[:, 0] < 0), -30.0, 0.0)  # noqa: E731
+    sampler = _uniform_sampler(critic, classes=10)
+    images = rejection_sample(sampler, 3000, seed=0).flatten() * 2 - 1
+    odd = sampler.labels(3000) % 2 == 1
+    assert (images[odd] >= 0).all() and (images[~odd] < 0).float().mean() > 0.4
+    with pytest.raises(ValueError, match="whole sets"):
+        sample_images(sampler, 10, 0, rows=slice(0, 5))
