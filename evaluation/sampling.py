@@ -79,8 +79,8 @@ def rejection_sample(sampler: Sampler, n: int, seed: int, batch: int = SAMPLE_BA
     wanted = sampler.labels(n) if sampler.classes else torch.zeros(n, dtype=torch.long, device=device)
     need = torch.bincount(wanted, minlength=classes).tolist()
     kept: list[list[torch.Tensor]] = [[] for _ in range(classes)]
-    pending, shift = [], None
-    while any(sum(len(k) for k in kept[c]) < need[c] for c in range(classes)):
+    have, pending, shift = [0] * classes, [], None
+    while any(h < k for h, k in zip(have, need)):
         z = torch.randn(batch, sampler.latent_dim, generator=gen, device=device)
         y = sample_labels(batch, sampler.classes, device)
         images = sampler(z, y).float()
@@ -94,6 +94,7 @@ def rejection_sample(sampler: Sampler, n: int, seed: int, batch: int = SAMPLE_BA
             accept = torch.rand(batch, generator=gen, device=device) < (logits - shift).exp()
             for c in range(classes):
                 kept[c].append(images[accept if y is None else accept & (y == c)])
+                have[c] += len(kept[c][-1])
         pending = []
     out = torch.empty(n, *images.shape[1:], device=device)
     for c in range(classes):

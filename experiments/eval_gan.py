@@ -133,14 +133,16 @@ def evaluate_folder(cfg, drawn, train, test, n: int, run_dir: Path) -> dict:
         reference = SWDReference(test, train, TEST_SEED)
     fake = sample_images(sampler, len(reference), TEST_SEED)
     score = reference.score(fake)
-    real = score.pop("diversity_real")
-    del score["swd_floor"]
-    rows = {f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": score}
+    real = score["diversity_real"]
+
+    def row(scores: dict) -> dict:  # a sample row: the real images' figures live elsewhere
+        return {k: v for k, v in scores.items() if k not in ("diversity_real", "swd_floor")}
+
+    rows = {f"GAN ({cfg.arch}, {cfg.loss}, EMA generator)": row(score)}
     if drawn.critic is not None:
-        kept = reference.score(sample_images(drawn, len(reference), TEST_SEED))
-        rows[f"GAN ({cfg.arch}, {cfg.loss}, {REJECTED})"] = {
-            k: v for k, v in kept.items() if k not in ("diversity_real", "swd_floor")
-        }
+        rows[f"GAN ({cfg.arch}, {cfg.loss}, {REJECTED})"] = row(
+            reference.score(sample_images(drawn, len(reference), TEST_SEED))
+        )
     rows["training images (the floor)"] = {**reference.floor(), "diversity": reference.copies_diversity()}
     title = f"{cfg.image_folder}: 32 samples, each over its nearest of {len(train.images):,} training images"
     save_nearest_grid(fake[:32], to_unit(train.images), run_dir / "nearest_neighbours.png", title)
