@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from harness.device import resolve_precision, setup_device
 from harness.evaluator import Evaluator, loss_evaluator
 from harness.files import FileError, read_json
 from harness.loader import Loader
-from harness.rundir import LOCK, has_checkpoint, lock_run_dir
+from harness.rundir import LOCK, STALE_TEMPS, has_checkpoint, lock_run_dir
 from harness.splits import Splits, load_run_data
 from harness.stepcache import step_cache_path
 from harness.timing import PHASES
@@ -119,10 +120,12 @@ def claim_run_dir(cfg: RunConfig) -> Path:
 
 
 def _foreign_files(run_dir: Path) -> bool:
-    """Whether run_dir exists and holds anything but a run's files or a lock left by a failed start."""
+    """Whether run_dir exists and holds anything but a run's files, or what a start killed before its
+    config.json was in place leaves: the lock and a temporary file never renamed in."""
     if not run_dir.is_dir() or has_checkpoint(run_dir) or (run_dir / "config.json").exists():
         return False
-    return any(entry.name != LOCK for entry in run_dir.iterdir())
+    left = lambda name: name == LOCK or any(fnmatch(name, p) for p in STALE_TEMPS)  # noqa: E731
+    return not all(left(entry.name) for entry in run_dir.iterdir())
 
 
 def new_config(cfg: RunConfig) -> RunConfig:

@@ -84,13 +84,16 @@ def has_checkpoint(run_dir) -> bool:
     return bool(list_checkpoints(run_dir)) or os.path.lexists(Path(run_dir) / LATEST)
 
 
+STALE_TEMPS = (".*.tmp*", ".tmp*")  # ours (.name.tmpPID) and safetensors' own (.tmpXXXXXX)
+
+
 def remove_stale_temps(run_dir) -> None:
     """Delete the temporary files a killed process left behind, never renamed in: ours (.name.tmpPID)
     and safetensors' own (.tmpXXXXXX: save_file writes through a temporary file of the Rust tempfile
     crate). Only the run's one writer calls this, holding the run directory's lock."""
     run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / FOLDER):
-        for tmp in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
+        for tmp in [t for pattern in STALE_TEMPS for t in folder.glob(pattern)]:
             tmp.unlink(missing_ok=True)
 
 

@@ -378,6 +378,23 @@ def test_a_run_dir_that_is_not_a_run_is_refused_and_left_untouched(data_root, tm
     assert not (tmp_path / LOCK).exists() and not os.path.lexists("/" + LOCK)
 
 
+def test_a_start_killed_before_its_config_landed_can_be_started_again(data_root, tmp_path):
+    # what a SIGKILL between writing config.json's temporary file and renaming it in leaves: the
+    # lock and the temporary file; starting the same command again is a fresh run, not a refusal
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text("12345\n")
+    (run / ".config.json.tmp12345").write_text("{")
+    _run(data_root, [*VAE, "--max-steps", 1, "--run-dir", run])
+    assert (run / "config.json").exists() and not (run / ".config.json.tmp12345").exists()
+    other = tmp_path / "other"  # a file of someone else's beside a lock is still refused
+    other.mkdir()
+    (other / LOCK).write_text("12345\n")
+    (other / "notes.txt").write_text("mine")
+    _, err = _run(data_root, [*VAE, "--max-steps", 1, "--run-dir", other], expect=2)
+    assert "already holds other files" in _error_line(err)
+
+
 def test_ctrl_c_while_the_entry_point_imports_is_one_line(data_root):
     import signal
     import time
