@@ -71,9 +71,9 @@ class Loader:
         perm = epoch_permutation(len(self.data.images), self.seed, epoch, self.device)
         for i in range(start, self.steps_per_epoch):
             idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
-            batch = _make_batch(
-                self.data.images[idx], self.data.labels[idx], self.gen, self.noise, self.dynamic_binarize
-            )
+            # index_select, not images[idx]: the same rows, gathered 5-9x faster on CPU
+            images, labels = self.data.images.index_select(0, idx), self.data.labels.index_select(0, idx)
+            batch = _make_batch(images, labels, self.gen, self.noise, self.dynamic_binarize)
             if self.shard is not None:  # this rank's rows of (each part of) the global batch
                 batch = {
                     k: v.unflatten(0, (self.chunks, -1))[:, self.shard].flatten(0, 1)
