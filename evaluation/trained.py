@@ -76,7 +76,7 @@ def load_generator(run_dir: Path, device, rejection: bool = False) -> tuple[dict
         classify = bool(classes) and saved.get("class_weight", 0) > 0  # D's auxiliary classifier head
         gen, disc = build_gan(saved["arch"], shape, saved["latent_dim"], saved["width"],
                               saved.get("disc_norm", False), classes, classify,
-                              saved.get("disc_width", 0))  # fmt: skip
+                              saved.get("disc_width", 0), saved.get("mbstd", 0))  # fmt: skip
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise DataError(f"{run_dir}/config.json does not describe a generator here ({e!r})") from None
     # fp16 on disk, float32 to sample; int counters stay

@@ -102,6 +102,10 @@ class GANConfig(RunConfig):
         "channels of the first/last conv layer (DCGAN paper: 64); mlp: 4 x width; 0: 32 for folders, else 64",
     )
     disc_width: int = option(0, "the discriminator's own --width (0: --width): a wider D, the same G")
+    mbstd: int = option(
+        0, "minibatch standard deviation: D's last layer also reads the spread of groups of this many "
+        "images (ProGAN, against collapse; 0: off)"
+    )  # fmt: skip
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
     b1: float = option(0.0, "Adam beta1 of both players (StyleGAN2: 0; DCGAN: 0.5)")
     b2: float = option(0.99, "Adam beta2 of both players (DCGAN: 0.999; WGAN-GP: 0.9)")
@@ -133,8 +137,8 @@ class GANConfig(RunConfig):
             object.__setattr__(self, name, value)
         ok = set(self.augment) <= set(AUGMENTS) or self.augment == ("none",)
         self.require(ok, f"--augment: none, or names from {','.join(AUGMENTS)}; got {','.join(self.augment)}")
-        ok = self.latent_dim >= 1 and self.width >= 1 and self.disc_width >= 0
-        self.require(ok, "--latent-dim and --width must be at least 1, --disc-width at least 0")
+        ok = self.latent_dim >= 1 and self.width >= 1 and self.disc_width >= 0 and self.mbstd >= 0
+        self.require(ok, "--latent-dim and --width must be at least 1, --disc-width and --mbstd at least 0")
         self.require(self.image_size >= 1, f"--image-size must be at least 1, got {self.image_size}")
         self.require(self.max_pixels >= 1, f"--max-pixels must be at least 1, got {self.max_pixels}")
         ok = self.n_disc >= 1 and self.r1_every >= 1 and 0 <= self.ema_decay < 1 and self.eval_samples >= 0
@@ -267,7 +271,7 @@ def main(argv=None):
     shape = (1, *run.train.images.shape[1:]) if run.train.images.dim() == 3 else run.train.images.shape[1:]
     try:
         gen, disc = build_gan(cfg.arch, shape, cfg.latent_dim, cfg.width, cfg.disc_norm, cfg.classes,
-                              cfg.classifier_weight > 0, cfg.disc_width)  # fmt: skip
+                              cfg.classifier_weight > 0, cfg.disc_width, cfg.mbstd)  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from None
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 GAN_ARCHS = ("dcgan", "resnet", "mlp")
@@ -94,8 +94,34 @@ class Discriminator(nn.Module):
         return (logit, self.classifier(h.flatten(1))) if classify else logit
 
 
-def dcgan28(latent_dim: int, channels=1, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
-    """28x28: z -> 7x7x2W -> 14x14xW -> 28x28xC, and 28 -> 14x14xW -> 7x7x2W -> logit."""
+class MinibatchStd(nn.Module):
+    """Karras et al. (2018)'s minibatch standard deviation: (B, C, H, W) -> (B, C + 1, H, W), the added
+    channel the mean over features and positions of each feature's standard deviation within the
+    image's group (`group` consecutive images of the batch; fewer where the batch does not divide),
+    so the discriminator sees how varied a batch is and a collapsed generator's batches stand out.
+    Groups are consecutive so real and generated images, passed to D apart, never share one."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x):
+        g = math.gcd(self.group, len(x))  # a group size that divides the batch (the last batch may be short)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 / fp16 features: in float32
+        grouped = rearrange(wide, "(n g) c h w -> n g c h w", g=g)
+        std = (grouped.var(1, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # (n,)
+        channel = repeat(std, "n -> (n g) 1 h w", g=g, h=x.shape[2], w=x.shape[3]).to(x.dtype)
+        return torch.cat([x, channel], 1)
+
+
+def _std_channel(group: int) -> list[nn.Module]:
+    """MinibatchStd(group) before a discriminator's last layer, or nothing (group 0)."""
+    return [MinibatchStd(group)] if group else []
+
+
+def dcgan28(latent_dim: int, channels=1, width=64, norm=True, mbstd=0) -> tuple[nn.Sequential, nn.Sequential]:
+    """28x28: z -> 7x7x2W -> 14x14xW -> 28x28xC, and 28 -> 14x14xW -> 7x7x2W -> logit (mbstd > 0: the
+    minibatch standard deviation of groups of that many images as one more channel before it)."""
     gen = nn.Sequential(
         *_up(latent_dim, 2 * width, kernel=7, stride=1, padding=0),  # (B, 2W, 7, 7)
         *_up(2 * width, width),  # (B, W, 14, 14)
@@ -105,12 +131,13 @@ def dcgan28(latent_dim: int, channels=1, width=64, norm=True) -> tuple[nn.Sequen
     disc = nn.Sequential(
         *_down(channels, width),  # (B, W, 14, 14)
         *_down(width, 2 * width, norm),  # (B, 2W, 7, 7)
-        nn.Conv2d(2 * width, 1, 7),  # (B, 1, 1, 1)
+        *_std_channel(mbstd),
+        nn.Conv2d(2 * width + bool(mbstd), 1, 7),  # (B, 1, 1, 1)
     )
     return gen, disc
 
 
-def dcgan64(latent_dim: int, channels=3, width=64, norm=True) -> tuple[nn.Sequential, nn.Sequential]:
+def dcgan64(latent_dim: int, channels=3, width=64, norm=True, mbstd=0) -> tuple[nn.Sequential, nn.Sequential]:
     """64x64, the DCGAN paper's layout: z -> 4x4x8W -> 8x8x4W -> 16x16x2W -> 32x32xW -> 64x64xC."""
     gen = nn.Sequential(
         *_up(latent_dim, 8 * width, stride=1, padding=0),  # (B, 8W, 4, 4)
@@ -125,7 +152,8 @@ def dcgan64(latent_dim: int, channels=3, width=64, norm=True) -> tuple[nn.Sequen
         *_down(width, 2 * width, norm),
         *_down(2 * width, 4 * width, norm),
         *_down(4 * width, 8 * width, norm),  # (B, 8W, 4, 4)
-        nn.Conv2d(8 * width, 1, 4),
+        *_std_channel(mbstd),
+        nn.Conv2d(8 * width + bool(mbstd), 1, 4),
     )
     return gen, disc
 
@@ -172,7 +200,7 @@ class SumPool(nn.Module):
         return x.sum((2, 3))
 
 
-def resnet64(latent_dim: int, channels=3, width=32) -> tuple[nn.Sequential, nn.Sequential]:
+def resnet64(latent_dim: int, channels=3, width=32, mbstd=0) -> tuple[nn.Sequential, nn.Sequential]:
     """64x64 residual pair (SN-GAN / BigGAN layout): z -> 4x4x8W -> four UpBlocks -> 64x64xC, and
     64x64 -> four DownBlocks -> 4x4x8W -> ReLU, sum over positions -> linear logit."""
     mults = (8, 8, 4, 2, 1)
@@ -186,7 +214,7 @@ def resnet64(latent_dim: int, channels=3, width=32) -> tuple[nn.Sequential, nn.S
     disc = nn.Sequential(
         DownBlock(channels, width, first=True),  # (B, W, 32, 32)
         *(DownBlock(a * width, b * width) for a, b in zip(downs, downs[1:])),  # (B, 8W, 4, 4)
-        nn.LeakyReLU(0.2), SumPool(), nn.Linear(8 * width, 1),
+        *_std_channel(mbstd), nn.LeakyReLU(0.2), SumPool(), nn.Linear(8 * width + bool(mbstd), 1),
     )  # fmt: skip
     return gen, disc
 
@@ -222,22 +250,26 @@ def build_gan(
     classes: int = 0,
     classify: bool = False,
     disc_width: int = 0,
+    mbstd: int = 0,
 ):
     """(Generator, Discriminator) for images of shape (C, H, W), DCGAN-initialised; disc_width: the
     discriminator's own width (0: width), the generator's unchanged; disc_norm=False
     drops the discriminator's BatchNorm (needed by gradient penalties); classes > 0: conditional
     (a label embedding in the generator, a projection discriminator), and with classify=True an
-    auxiliary classifier head in the discriminator (ACGAN, Odena et al. 2017)."""
+    auxiliary classifier head in the discriminator (ACGAN, Odena et al. 2017); mbstd > 0: a
+    MinibatchStd channel over groups of that many images before D's last layer (conv networks)."""
     c, h, w = image_shape
     inputs = 2 * latent_dim if classes else latent_dim  # the generator reads [z, embed(y)] when conditional
+    if arch == "mlp" and mbstd:
+        raise ValueError("the minibatch standard deviation channel needs a conv D: dcgan or resnet")
     if arch == "mlp":
         nets = lambda width: mlp_gan(inputs, image_shape, 4 * width)  # noqa: E731
     elif arch == "dcgan" and h == w == 28:
-        nets = lambda width: dcgan28(inputs, c, width, disc_norm)  # noqa: E731
+        nets = lambda width: dcgan28(inputs, c, width, disc_norm, mbstd)  # noqa: E731
     elif arch == "dcgan" and h == w == 64:
-        nets = lambda width: dcgan64(inputs, c, width, disc_norm)  # noqa: E731
+        nets = lambda width: dcgan64(inputs, c, width, disc_norm, mbstd)  # noqa: E731
     elif arch == "resnet" and h == w == 64:
-        nets = lambda width: resnet64(inputs, c, width)  # noqa: E731
+        nets = lambda width: resnet64(inputs, c, width, mbstd=mbstd)  # noqa: E731
     else:
         raise ValueError(
             f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, resnet 64x64, mlp any size"

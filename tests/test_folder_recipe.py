@@ -15,6 +15,7 @@ from harness.imagefolder import load_image_folder
 from losses import augment as A
 from losses import gan as G
 from models import build_gan
+from models.gan import MinibatchStd
 
 
 def _images(n=4, seed=0, c=3, size=16):
@@ -134,6 +135,42 @@ def test_resnet_pair_is_64px_rgb_with_no_normalisation_in_the_discriminator():
     assert logit.shape == (5,) and classes.shape == (5, 4)
     with pytest.raises(ValueError, match="resnet 64x64"):
         build_gan("resnet", (1, 28, 28))
+
+
+def test_minibatch_std_channel_is_the_groups_mean_feature_spread():
+    x = _images(n=8, c=5, size=4)
+    out = MinibatchStd(4)(x)
+    assert out.shape == (8, 6, 4, 4) and torch.equal(out[:, :5], x)
+    for g in range(2):  # images 0-3 and 4-7: the population std of each feature, averaged
+        group = x[4 * g : 4 * g + 4]
+        spread = ((group - group.mean(0)) ** 2).mean(0).add(1e-8).sqrt().mean()
+        torch.testing.assert_close(out[4 * g : 4 * g + 4, 5], spread.expand(4, 4, 4), rtol=1e-12, atol=1e-12)
+    six = MinibatchStd(4)(x[:6])  # a batch 4 does not divide: groups of gcd(4, 6) = 2
+    pair = x[:2]
+    torch.testing.assert_close(six[0, 5, 0, 0], (pair.var(0, unbiased=False) + 1e-8).sqrt().mean())
+    same = MinibatchStd(4)(x[:1].expand(4, -1, -1, -1))  # a collapsed group: no spread at all
+    torch.testing.assert_close(same[:, 5], torch.full((4, 4, 4), 1e-4, dtype=x.dtype))
+
+
+@pytest.mark.parametrize(
+    "arch, shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 64, 64)), ("resnet", (3, 64, 64))]
+)
+def test_with_mbstd_an_images_logit_reads_its_group_and_no_other(arch, shape):
+    disc = build_gan(arch, shape, 16, 4, disc_norm=False, mbstd=4)[1].double()
+    x = _images(n=8, c=shape[0], size=shape[1])
+    with torch.no_grad():
+        base = disc(x)
+        groupmate, other = x.clone(), x.clone()
+        groupmate[1], other[5] = -groupmate[1], -other[5]
+        assert float(disc(groupmate)[0]) != float(base[0])  # image 1 shares image 0's group
+        torch.testing.assert_close(disc(other)[:4], base[:4], rtol=0, atol=0)  # image 5 does not
+    plain = build_gan(arch, shape, 16, 4, disc_norm=False)[1]
+    assert not any(isinstance(m, MinibatchStd) for m in plain.modules())
+    cond = build_gan(arch, shape, 16, 4, disc_norm=False, classes=3, classify=True, mbstd=4)[1]
+    logit, classes = cond(x.float(), torch.arange(8) % 3, classify=True)
+    assert logit.shape == (8,) and classes.shape == (8, 3)
+    with pytest.raises(ValueError, match="conv D"):
+        build_gan("mlp", (1, 28, 28), mbstd=4)
 
 
 def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():

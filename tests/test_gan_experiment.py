@@ -196,7 +196,7 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     run = tmp_path / "run"
     args = ["--no-compile", "--no-progress", "--dataset", "imagefolder", "--image-folder", folder]
     args += ["--arch", "dcgan", "--augment", "none", "--r2-gamma", "0"]  # the digits' recipe on a folder
-    args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run]
+    args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run, "--mbstd", "4"]
     proc = run_cli("experiments.gan", args, data_root)
     assert "broken.png" in proc.stderr
     (record,) = _records(run)
@@ -205,7 +205,9 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     assert record["test_swd"] > 0 and record["test_swd_floor"] > 0 and "test_swd_64px" in record
     weights = load_file(str(run / "generator.safetensors"))
     assert weights["net.12.weight"].shape == (8, 3, 4, 4)  # the last transposed conv: 64x64 RGB out
-    run_cli("experiments.eval_gan", [run], data_root)
+    last = load_file(str(run / "discriminator.safetensors"))["net.9.weight"]
+    assert last.shape == (1, 8 * 8 + 1, 4, 4)  # --mbstd 4: D's last conv reads the spread channel too
+    run_cli("experiments.eval_gan", [run, "--rejection"], data_root)  # D rebuilt with it from config.json
     result = json.loads((run / "eval.json").read_text())
     assert result["metric"] == "swd" and result["samples"] == 4
     floor, gan = result["rows"]["training images (the floor)"], next(iter(result["rows"].values()))
@@ -255,7 +257,9 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
         (["--r1-gamma", "-1"], "--r1-gamma"),
         (["--mode-seeking", "-0.5"], "--mode-seeking"),
         (["--g-class-weight", "-0.5"], "--g-class-weight must be >= 0"),
-        (["--disc-width", "-1"], "--disc-width at least 0"),
+        (["--disc-width", "-1"], "--disc-width and --mbstd at least 0"),
+        (["--mbstd", "-1"], "--disc-width and --mbstd at least 0"),
+        (["--arch", "mlp", "--mbstd", "4"], "needs a conv D"),
         (["--augment", "color,flip"], "--augment must be one of"),
         (["--augment", "none,color"], "--augment: none, or names"),
         (["--r2-gamma", "-2"], "--r2-gamma"),
