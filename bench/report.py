@@ -164,7 +164,8 @@ def _e2e_lines(rows: list[dict]) -> list[str]:
         return []
     lines = []
     for r in rows:
-        lines += ["", f"End to end (bench/test_end_to_end.py) on {r['cpu']}: the mlp VAE, batch 128, launch"]
+        where = r["cpu"] + (f" with an {r['gpu']} (both programs on the GPU)" if r.get("gpu") else "")
+        lines += ["", f"End to end (bench/test_end_to_end.py) on {where}: the mlp VAE, batch 128, launch"]
         lines[-1] += " to exit; the command's first run on empty compile caches, its first after `make"
         lines[-1] += f" setup`, then peer and command alternated, {r['rounds']} runs each, medians:"
         lines += [

@@ -3,7 +3,9 @@ the project's parity command for the same epochs, alternated, each timed from la
 command's first run on empty compile caches, its first run after `make setup` (`python -m
 experiments.warm --only parity` into other empty caches, untimed), then the peer and the command in
 turn, `E2E_ROUNDS` times each (default 2), medians reported. The CPU and its vector extensions head
-the table: eager PyTorch's speed, hence the ratio, depends on them.
+the table: eager PyTorch's speed, hence the ratio, depends on them. Where a GPU is present both run on
+it (the real script takes the accelerator unless --no-accel; the command's --device auto), and the
+table names it: the GPU end-to-end case.
 
 `E2E_EPOCHS` (default 10) sets the epochs. A timing, not a test: it fails only when a program
 fails or a test loss is not a number.
@@ -78,6 +80,7 @@ def test_end_to_end(benchmark, tmp_path):
         "epochs": EPOCHS,
         "rounds": ROUNDS,
         "cpu": f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # both programs use it
         "classic_runs_s": [w for w, _ in runs["classic"]],
         "classic_s": classic_s,
         "classic_test_loss": classic_loss,
