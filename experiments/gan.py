@@ -50,13 +50,14 @@ from models.gan import GAN_ARCHS, build_gan
 CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
 # what the flags left at auto become: for an --image-folder run (small, colourful data, chosen by the
 # side-by-side trials in docs/results.md) and for MNIST / Fashion-MNIST (the digits' recipe)
-FOLDER = {"arch": "dcgan", "width": 32, "r2_gamma": 0.1, "augment": AUGMENTS}
-BUILT_IN = {"arch": "dcgan", "width": 64, "r2_gamma": 0.0, "augment": ("none",)}
+FOLDER = {"arch": "dcgan", "width": 32, "r2_gamma": 0.1, "augment": AUGMENTS, "mbstd": 4}
+BUILT_IN = {"arch": "dcgan", "width": 64, "r2_gamma": 0.0, "augment": ("none",), "mbstd": 0}
 
 
 @dataclass(frozen=True)
 class GANConfig(RunConfig):
     RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid", "probe_every", "probe_samples")
+    BEFORE = {"mbstd": 0}  # runs saved before --mbstd existed trained without it
 
     dataset: str = option(
         "auto",
@@ -103,8 +104,8 @@ class GANConfig(RunConfig):
     )
     disc_width: int = option(0, "the discriminator's own --width (0: --width): a wider D, the same G")
     mbstd: int = option(
-        0, "minibatch standard deviation: D's last layer also reads the spread of groups of this many "
-        "images (ProGAN, against collapse; 0: off)"
+        -1, "minibatch standard deviation: D's last layer also reads the spread of groups of this many "
+        "images (ProGAN, against collapse; 0: off; -1: 4 for folders with a conv D, else off)"
     )  # fmt: skip
     n_disc: int = option(1, "discriminator updates per generator update (WGAN-GP: 5)")
     b1: float = option(0.0, "Adam beta1 of both players (StyleGAN2: 0; DCGAN: 0.5)")
@@ -133,6 +134,8 @@ class GANConfig(RunConfig):
             "augment": auto["augment"] if self.augment == ("auto",) else self.augment,
             "width": self.width or auto["width"],
         }
+        conv = resolved["arch"] != "mlp"
+        resolved["mbstd"] = (auto["mbstd"] if conv else 0) if self.mbstd == -1 else self.mbstd
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         ok = set(self.augment) <= set(AUGMENTS) or self.augment == ("none",)

@@ -137,6 +137,8 @@ class RunConfig(RunFlags):
         "run_dir", "compile", "donate", "target_loss", "device", "download", "tf32", "compile_cache",
         "tensorboard", "deterministic",
     )  # fmt: skip
+    # The value a flag added later had in runs saved before it existed (their config.json lacks it).
+    BEFORE: ClassVar[dict] = {}
 
     dataset: str = option("mnist", "data set", choices=DATASET_NAMES)
     epochs: int = option(10, "passes over the training set")
@@ -237,6 +239,7 @@ def parse_config(cls, argv=None, prog="purestep", description=None):
 
 def merge_resumed(cls, saved: dict, given: dict):
     """The saved run's config with the flags given now; changing a structural one is an error."""
+    saved = {**cls.BEFORE, **saved}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(saved) - names
     if unknown:

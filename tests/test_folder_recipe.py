@@ -2,6 +2,8 @@
 autograd, the residual networks, labelled subfolders, the diversity score and its collapse warning,
 and the folder builders (Debian's emoji font and wallpapers where installed)."""
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -11,7 +13,9 @@ from torchvision.io import write_png
 from evaluation import swd
 from experiments import folders
 from experiments.gan import BUILT_IN, FOLDER, GANConfig, warn_collapse
+from harness.config import UsageError
 from harness.imagefolder import load_image_folder
+from harness.run import resumed_config
 from losses import augment as A
 from losses import gan as G
 from models import build_gan
@@ -175,20 +179,31 @@ def test_with_mbstd_an_images_logit_reads_its_group_and_no_other(arch, shape):
 
 def test_folder_runs_take_the_folder_recipe_and_digits_keep_theirs():
     folder = GANConfig(image_folder="x")
-    assert (folder.dataset, folder.arch, folder.width, folder.r2_gamma, folder.augment) == (
-        "imagefolder", "dcgan", 32, FOLDER["r2_gamma"], FOLDER["augment"])  # fmt: skip
+    assert (folder.dataset, folder.arch, folder.width, folder.r2_gamma, folder.augment, folder.mbstd) == (
+        "imagefolder", "dcgan", 32, FOLDER["r2_gamma"], FOLDER["augment"], 4)  # fmt: skip
     digits = GANConfig()
     assert (digits.dataset, digits.arch, digits.width, digits.r2_gamma, digits.augmentations) == (
         "mnist", "dcgan", 64, 0.0, ())  # fmt: skip
+    assert digits.mbstd == 0 and GANConfig(image_folder="x", arch="mlp").mbstd == 0  # the mlp D has no maps
     assert BUILT_IN["augment"] == ("none",) and not digits.mirror  # a mirrored digit is no digit
     assert not folder.mirror  # measured on the emoji, not adopted
-    mine = GANConfig(image_folder="x", arch="dcgan", augment=("translation",), r2_gamma=0.0, mirror=True)
-    assert (mine.arch, mine.augmentations, mine.r2_gamma, mine.mirror) == (
-        "dcgan",
-        ("translation",),
-        0.0,
-        True,
-    )
+    mine = GANConfig(image_folder="x", augment=("translation",), r2_gamma=0.0, mirror=True, mbstd=0)
+    assert (mine.arch, mine.augmentations, mine.r2_gamma, mine.mirror, mine.mbstd) == (
+        "dcgan", ("translation",), 0.0, True, 0)  # fmt: skip
+
+
+def test_a_folder_run_saved_before_mbstd_existed_resumes_without_it(tmp_path):
+    """Its config.json lacks the key: it trained without the spread channel, and resumes so, whatever
+    today's folder default; asking for the channel on resume is refused in one line."""
+    config = dataclasses.asdict(GANConfig(image_folder="x", run_dir=str(tmp_path), mbstd=0))
+    del config["mbstd"]
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "gan", **config}))
+    given = GANConfig(image_folder="x", run_dir=str(tmp_path), epochs=9, resume=True)
+    cfg = resumed_config(GANConfig, given, {"run_dir", "epochs", "resume"}, "gan")
+    assert (cfg.mbstd, cfg.epochs, cfg.augment) == (0, 9, FOLDER["augment"])
+    given = GANConfig(image_folder="x", run_dir=str(tmp_path), mbstd=4, resume=True)
+    with pytest.raises(UsageError, match="--mbstd 4 differs from the run's 0"):
+        resumed_config(GANConfig, given, {"run_dir", "mbstd", "resume"}, "gan")
 
 
 def test_subfolders_are_labels_in_sorted_order(tmp_path):

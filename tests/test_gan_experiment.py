@@ -196,7 +196,7 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     run = tmp_path / "run"
     args = ["--no-compile", "--no-progress", "--dataset", "imagefolder", "--image-folder", folder]
     args += ["--arch", "dcgan", "--augment", "none", "--r2-gamma", "0"]  # the digits' recipe on a folder
-    args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run, "--mbstd", "4"]
+    args += ["--batch-size", "16", "--width", "8", "--epochs", "1", "--run-dir", run]
     proc = run_cli("experiments.gan", args, data_root)
     assert "broken.png" in proc.stderr
     (record,) = _records(run)
@@ -206,7 +206,12 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     weights = load_file(str(run / "generator.safetensors"))
     assert weights["net.12.weight"].shape == (8, 3, 4, 4)  # the last transposed conv: 64x64 RGB out
     last = load_file(str(run / "discriminator.safetensors"))["net.9.weight"]
-    assert last.shape == (1, 8 * 8 + 1, 4, 4)  # --mbstd 4: D's last conv reads the spread channel too
+    assert last.shape == (
+        1,
+        8 * 8 + 1,
+        4,
+        4,
+    )  # --mbstd 4, the folder default: D's last conv reads the spread too
     run_cli("experiments.eval_gan", [run, "--rejection"], data_root)  # D rebuilt with it from config.json
     result = json.loads((run / "eval.json").read_text())
     assert result["metric"] == "swd" and result["samples"] == 4
@@ -233,7 +238,12 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
     train(tmp_path / "split", 7)
     train(tmp_path / "split", 14, resume=True)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert (config["dataset"], config["arch"], config["r2_gamma"]) == ("imagefolder", "resnet", 0.1)
+    assert (config["dataset"], config["arch"], config["r2_gamma"], config["mbstd"]) == (
+        "imagefolder",
+        "resnet",
+        0.1,
+        4,
+    )
     assert config["augment"] == ["color", "translation", "cutout"]
     a, b = (load_file(str(tmp_path / r / "checkpoint.safetensors")) for r in ("straight", "split"))
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
@@ -258,7 +268,7 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
         (["--mode-seeking", "-0.5"], "--mode-seeking"),
         (["--g-class-weight", "-0.5"], "--g-class-weight must be >= 0"),
         (["--disc-width", "-1"], "--disc-width and --mbstd at least 0"),
-        (["--mbstd", "-1"], "--disc-width and --mbstd at least 0"),
+        (["--mbstd", "-2"], "--disc-width and --mbstd at least 0"),
         (["--arch", "mlp", "--mbstd", "4"], "needs a conv D"),
         (["--augment", "color,flip"], "--augment must be one of"),
         (["--augment", "none,color"], "--augment: none, or names"),
