@@ -14,6 +14,7 @@ from engine import CheckpointError, WriteError
 from harness.config import UsageError
 from harness.data import DataError
 from harness.periodic import NonFiniteError, StopFlag
+from harness.world import leave_together
 
 
 def main_guard(main):
@@ -39,6 +40,7 @@ def main_guard(main):
                 result = main(argv)
             if StopFlag.pending is not None:  # a SIGTERM whose exception a library swallowed
                 raise _Terminated
+            leave_together()
             return result
         except (UsageError, DataError, CheckpointError, WriteError) as e:
             print(f"error: {e}", file=sys.stderr)

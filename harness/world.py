@@ -53,6 +53,15 @@ def init_world(device_type: str) -> World:
     return world
 
 
+def leave_together() -> None:
+    """On a run's normal end under torchrun, wait for every rank before the process group goes: a
+    rank that has nothing left to write would otherwise tear down its gloo pairs while rank 0 still
+    writes, and that can abort it at exit (SIGABRT, "terminate called without an active exception").
+    Not on an error path: a rank that failed mid-step would wait here for peers stuck in the step."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def broadcast_state(state, src: int = 0):
     """Overwrite every tensor of `state` with rank src's (in place), so all ranks start identical."""
     for tensor in flatten_state(state).values():

@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.config import UsageError
 from harness.data import load_mnist
+from harness.guard import main_guard
 from harness.loader import Loader
 from harness.world import World
 from models import build_vae
@@ -132,6 +134,31 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(data_root, single_run, tmp
     monkeypatch.delenv("AUDIT_DIR")
     run_cli("experiments.vae", ["--resume", run, "--max-steps", "60", "--no-progress"], data_root)
     _assert_same_weights(single_run, run)
+
+
+def test_ranks_leave_together_after_a_normal_end_and_not_after_an_error(monkeypatch):
+    """The barrier before the process group goes (harness.world.leave_together), called by every entry
+    point's guard: after main returns, so a rank with nothing left to write waits for rank 0; never on
+    an error path, where it would wait for peers stuck in a step."""
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+
+    @main_guard
+    def done(argv):
+        calls.append("main")
+        return 0
+
+    @main_guard
+    def fails(argv):
+        calls.append("main")
+        raise UsageError("bad flag")
+
+    assert done([]) == 0 and calls == ["main", "barrier"]
+    calls.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        fails([])
+    assert exit_info.value.code == 2 and calls == ["main"]
 
 
 def test_a_sweep_under_torchrun_is_refused_in_one_line(data_root, monkeypatch):
