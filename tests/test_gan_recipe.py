@@ -41,7 +41,7 @@ def test_r1_penalty_and_its_parameter_gradient_match_autograd_double_backward():
     (gx,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
     reference = gx.flatten(1).square().sum(1).mean()
     ref_grad = torch.autograd.grad(reference, list(critic.parameters()), materialize_grads=True)
-    assert float(ours) == pytest.approx(float(reference), rel=1e-12)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-12)
     for (name, _), g in zip(critic.named_parameters(), ref_grad):
         torch.testing.assert_close(ours_grad[name], g, rtol=1e-10, atol=1e-12)
 
