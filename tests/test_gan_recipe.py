@@ -81,7 +81,7 @@ def test_r1_on_a_subset_is_the_penalty_of_those_images_and_is_logged():
     torch.testing.assert_close(full, plain + 2.0 * r1_full)
     torch.testing.assert_close(part, plain + 2.0 * r1_part)
     torch.testing.assert_close(aux.metrics["r1"], r1_full.detach())
-    assert float(aux_part.metrics["d_loss"]) == pytest.approx(float(part))
+    assert aux_part.metrics["d_loss"].item() == pytest.approx(part.item())
 
 
 def test_conditional_networks_use_the_label_and_the_projection_is_an_inner_product():
