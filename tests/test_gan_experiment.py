@@ -206,12 +206,8 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
     weights = load_file(str(run / "generator.safetensors"))
     assert weights["net.12.weight"].shape == (8, 3, 4, 4)  # the last transposed conv: 64x64 RGB out
     last = load_file(str(run / "discriminator.safetensors"))["net.9.weight"]
-    assert last.shape == (
-        1,
-        8 * 8 + 1,
-        4,
-        4,
-    )  # --mbstd 4, the folder default: D's last conv reads the spread too
+    # --mbstd 4, the folder default: D's last conv reads the spread channel too
+    assert last.shape == (1, 8 * 8 + 1, 4, 4)
     run_cli("experiments.eval_gan", [run, "--rejection"], data_root)  # D rebuilt with it from config.json
     result = json.loads((run / "eval.json").read_text())
     assert result["metric"] == "swd" and result["samples"] == 4
@@ -238,12 +234,8 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
     train(tmp_path / "split", 7)
     train(tmp_path / "split", 14, resume=True)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert (config["dataset"], config["arch"], config["r2_gamma"], config["mbstd"]) == (
-        "imagefolder",
-        "resnet",
-        0.1,
-        4,
-    )
+    recipe = [config[k] for k in ("dataset", "arch", "r2_gamma", "mbstd")]
+    assert recipe == ["imagefolder", "resnet", 0.1, 4]
     assert config["augment"] == ["color", "translation", "cutout"]
     a, b = (load_file(str(tmp_path / r / "checkpoint.safetensors")) for r in ("straight", "split"))
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
