@@ -59,16 +59,22 @@ def mirror(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return torch.where(n.view(-1, 1, 1, 1) > 0, x.flip(-1), x)
 
 
-def diff_augment(x: torch.Tensor, u: torch.Tensor, policy: tuple[str, ...] = AUGMENTS) -> torch.Tensor:
+def diff_augment(
+    x: torch.Tensor, u: torch.Tensor, policy: tuple[str, ...] = AUGMENTS, color_p: float = 1.0
+) -> torch.Tensor:
     """x (B, C, H, W) in [-1, 1] through the augmentations named in policy, in AUGMENTS order;
     u (B, DRAWS) uniforms in [0, 1): columns 0-2 colour, 3-4 translation, 5-6 cutout. Differentiable
-    in x (the generator learns through it); an empty policy returns x."""
+    in x (the generator learns through it); an empty policy returns x. color_p < 1: the colour
+    transform on an image only where its extra draw u[:, DRAWS] (u then (B, DRAWS + 1)) is below
+    color_p, the rest keep their colours (ADA's probability p, Karras et al. 2020, for one transform)."""
     unknown = set(policy) - set(AUGMENTS)
     if unknown:
         raise ValueError(
             f"augmentations must be among {', '.join(AUGMENTS)}, got {', '.join(sorted(unknown))}"
         )
-    if "color" in policy:
+    if "color" in policy and color_p < 1:
+        x = torch.where((u[:, DRAWS] < color_p).view(-1, 1, 1, 1), color(x, u[:, 0:3]), x)
+    elif "color" in policy:
         x = color(x, u[:, 0:3])
     if "translation" in policy:
         x = translation(x, u[:, 3:5])

@@ -161,6 +161,7 @@ def make_gan_loss(
     r2_gamma: float = 0.0,
     augment: tuple[str, ...] = (),
     mirrored: bool = False,
+    color_p: float = 1.0,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -180,7 +181,8 @@ def make_gan_loss(
     r2_gamma > 0: gamma / 2 * R2, the same penalty at the (detached) generated images, on the same
     images and steps as R1. augment (names from losses.augment.AUGMENTS): every image D sees, real
     and generated, in both players' losses, goes through diff_augment with the batch's draws
-    batch["aug"] (B, 2, DRAWS) standard normal: [:, 0] for the real images, [:, 1] for the fakes.
+    batch["aug"] (B, 2, DRAWS) standard normal: [:, 0] for the real images, [:, 1] for the fakes
+    (B, 2, DRAWS + 1) with color_p < 1: the colour transform on that share of the images).
     mirrored: the real images x-flipped where batch["mirror"] (B,) is positive (losses.augment.mirror),
     in every term that reads them (R1 included).
     """
@@ -201,7 +203,7 @@ def make_gan_loss(
         """What D sees of `images`: augmented with the batch's draws (real: 0, fake: 1), or as they are."""
         if not augment:
             return images
-        return diff_augment(images, uniform_from_normal(batch["aug"][:, which]), augment)
+        return diff_augment(images, uniform_from_normal(batch["aug"][:, which]), augment, color_p)
 
     def disc_loss(params, buffers, batch):
         x, fake, y = real_images(batch), batch["fake"].to(batch["x"].dtype), batch.get("y")

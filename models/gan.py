@@ -1,5 +1,5 @@
 """GAN networks: DCGAN generator/discriminator for 28x28 grey and 64x64 RGB images, a residual pair for
-64x64 (no normalisation in its discriminator), and an MLP GAN."""
+both sizes (no normalisation in its discriminator), and an MLP GAN."""
 
 from __future__ import annotations
 
@@ -200,21 +200,26 @@ class SumPool(nn.Module):
         return x.sum((2, 3))
 
 
-def resnet64(latent_dim: int, channels=3, width=32, mbstd=0) -> tuple[nn.Sequential, nn.Sequential]:
-    """64x64 residual pair (SN-GAN / BigGAN layout): z -> 4x4x8W -> four UpBlocks -> 64x64xC, and
-    64x64 -> four DownBlocks -> 4x4x8W -> ReLU, sum over positions -> linear logit."""
-    mults = (8, 8, 4, 2, 1)
+# the residual pairs' layouts by image size: the generator's first grid, its channel multiples of
+# --width from that grid up (one UpBlock per doubling), and the discriminator's, one DownBlock each
+RESNET_LAYOUTS = {64: (4, (8, 8, 4, 2, 1), (1, 2, 4, 8)), 28: (7, (2, 1, 1), (1, 2))}
+
+
+def resnet(latent_dim: int, channels=3, width=32, mbstd=0, size=64) -> tuple[nn.Sequential, nn.Sequential]:
+    """Residual pair (SN-GAN / BigGAN layout), 64x64: z -> 4x4x8W -> four UpBlocks -> 64x64xC, and
+    64x64 -> four DownBlocks -> 4x4x8W -> ReLU, sum over positions -> linear logit; 28x28: z -> 7x7x2W
+    -> two UpBlocks -> 28x28xC, and two DownBlocks -> 7x7x2W -> the same head."""
+    start, mults, downs = RESNET_LAYOUTS[size]
     gen = nn.Sequential(
-        nn.Linear(latent_dim, 16 * mults[0] * width),
-        nn.Unflatten(1, (mults[0] * width, 4, 4)),  # (B, 8W, 4, 4)
-        *(UpBlock(a * width, b * width) for a, b in zip(mults, mults[1:])),  # (B, W, 64, 64)
+        nn.Linear(latent_dim, start * start * mults[0] * width),
+        nn.Unflatten(1, (mults[0] * width, start, start)),
+        *(UpBlock(a * width, b * width) for a, b in zip(mults, mults[1:])),  # (B, W, size, size)
         nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh(),
     )  # fmt: skip
-    downs = (1, 2, 4, 8)
     disc = nn.Sequential(
-        DownBlock(channels, width, first=True),  # (B, W, 32, 32)
-        *(DownBlock(a * width, b * width) for a, b in zip(downs, downs[1:])),  # (B, 8W, 4, 4)
-        *_std_channel(mbstd), nn.LeakyReLU(0.2), SumPool(), nn.Linear(8 * width + bool(mbstd), 1),
+        DownBlock(channels, width, first=True),
+        *(DownBlock(a * width, b * width) for a, b in zip(downs, downs[1:])),  # (B, 8W, 4, 4) at 64
+        *_std_channel(mbstd), nn.LeakyReLU(0.2), SumPool(), nn.Linear(downs[-1] * width + bool(mbstd), 1),
     )  # fmt: skip
     return gen, disc
 
@@ -268,11 +273,11 @@ def build_gan(
         nets = lambda width: dcgan28(inputs, c, width, disc_norm, mbstd)  # noqa: E731
     elif arch == "dcgan" and h == w == 64:
         nets = lambda width: dcgan64(inputs, c, width, disc_norm, mbstd)  # noqa: E731
-    elif arch == "resnet" and h == w == 64:
-        nets = lambda width: resnet64(inputs, c, width, mbstd=mbstd)  # noqa: E731
+    elif arch == "resnet" and h == w and h in RESNET_LAYOUTS:
+        nets = lambda width: resnet(inputs, c, width, mbstd, h)  # noqa: E731
     else:
         raise ValueError(
-            f"no {arch!r} GAN for {h}x{w} images; dcgan takes 28x28 or 64x64, resnet 64x64, mlp any size"
+            f"no {arch!r} GAN for {h}x{w} images; dcgan and resnet take 28x28 or 64x64, mlp any size"
         )
     gen, disc = nets(width)
     if disc_width and disc_width != width:

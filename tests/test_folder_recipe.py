@@ -71,6 +71,22 @@ def test_diff_augment_is_differentiable_and_checks_its_policy():
         A.diff_augment(x, u, ("color", "flip"))
 
 
+def test_color_p_recolours_only_the_images_whose_gate_draw_is_below_it():
+    x = _images(4)
+    u = torch.rand(4, A.DRAWS + 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    u[:, A.DRAWS] = torch.tensor([0.1, 0.7, 0.29, 0.31])  # the gate: images 0 and 2 fall below 0.3
+    out = A.diff_augment(x, u, ("color", "cutout"), color_p=0.3)
+    everything = A.diff_augment(x, u[:, : A.DRAWS], ("color", "cutout"))  # color_p 1: the old draws
+    plain = A.diff_augment(x, u, ("cutout",))
+    torch.testing.assert_close(out[[0, 2]], everything[[0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(out[[1, 3]], plain[[1, 3]], rtol=0, atol=0)
+    ok = dict(image_folder=".", augment=("color",))
+    assert GANConfig(**ok, color_p=0.5).color_p == 0.5
+    for bad in ({"color_p": 0.0}, {"color_p": 1.5}, {"color_p": 0.5, "augment": ("translation",)}):
+        with pytest.raises(UsageError, match="--color-p"):
+            GANConfig(**{**ok, **bad})
+
+
 def test_r2_penalty_and_augmentation_in_the_discriminator_loss():
     """disc_loss with augment and R2 = the plain loss on augmented images + gamma/2 E|grad D(fake)|^2
     (autograd's double-backward-free reference), with the batch's draws [:, 0] real, [:, 1] fake."""
@@ -126,19 +142,20 @@ def test_mirror_flips_exactly_the_images_drawn_and_every_term_of_d_reads_them_fl
     assert float(unflipped) != float(loss)
 
 
-def test_resnet_pair_is_64px_rgb_with_no_normalisation_in_the_discriminator():
-    gen, disc = build_gan("resnet", (3, 64, 64), 16, 8, disc_norm=True)  # disc_norm is dcgan's alone
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 28, 28)])
+def test_resnet_pair_has_no_normalisation_in_the_discriminator(shape):
+    gen, disc = build_gan("resnet", shape, 16, 8, disc_norm=True)  # disc_norm is dcgan's alone
     with torch.no_grad():
         images = gen(torch.randn(5, 16))
-    assert images.shape == (5, 3, 64, 64) and float(images.abs().max()) <= 1
+    assert images.shape == (5, *shape) and float(images.abs().max()) <= 1
     assert disc(images).shape == (5,)
     kinds = {type(m).__name__ for m in disc.modules()}
     assert not any("Norm" in k for k in kinds) and "BatchNorm2d" in {type(m).__name__ for m in gen.modules()}
-    cond = build_gan("resnet", (3, 64, 64), 16, 8, classes=4, classify=True)[1]
+    cond = build_gan("resnet", shape, 16, 8, classes=4, classify=True)[1]
     logit, classes = cond(images, torch.arange(5) % 4, classify=True)
     assert logit.shape == (5,) and classes.shape == (5, 4)
-    with pytest.raises(ValueError, match="resnet 64x64"):
-        build_gan("resnet", (1, 28, 28))
+    with pytest.raises(ValueError, match="resnet take 28x28 or 64x64"):
+        build_gan("resnet", (3, 32, 32))
 
 
 def test_minibatch_std_channel_is_the_groups_mean_feature_spread():
@@ -157,7 +174,8 @@ def test_minibatch_std_channel_is_the_groups_mean_feature_spread():
 
 
 @pytest.mark.parametrize(
-    "arch, shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 64, 64)), ("resnet", (3, 64, 64))]
+    "arch, shape",
+    [("dcgan", (1, 28, 28)), ("dcgan", (3, 64, 64)), ("resnet", (3, 64, 64)), ("resnet", (1, 28, 28))],
 )
 def test_with_mbstd_an_images_logit_reads_its_group_and_no_other(arch, shape):
     disc = build_gan(arch, shape, 16, 4, disc_norm=False, mbstd=4)[1].double()
@@ -196,11 +214,11 @@ def test_a_folder_run_saved_before_mbstd_existed_resumes_without_it(tmp_path):
     """Its config.json lacks the key: it trained without the spread channel, and resumes so, whatever
     today's folder default; asking for the channel on resume is refused in one line."""
     config = dataclasses.asdict(GANConfig(image_folder="x", run_dir=str(tmp_path), mbstd=0))
-    del config["mbstd"]
+    del config["mbstd"], config["color_p"]
     (tmp_path / "config.json").write_text(json.dumps({"experiment": "gan", **config}))
     given = GANConfig(image_folder="x", run_dir=str(tmp_path), epochs=9, resume=True)
     cfg = resumed_config(GANConfig, given, {"run_dir", "epochs", "resume"}, "gan")
-    assert (cfg.mbstd, cfg.epochs, cfg.augment) == (0, 9, FOLDER["augment"])
+    assert (cfg.mbstd, cfg.color_p, cfg.epochs, cfg.augment) == (0, 1.0, 9, FOLDER["augment"])
     given = GANConfig(image_folder="x", run_dir=str(tmp_path), mbstd=4, resume=True)
     with pytest.raises(UsageError, match="--mbstd 4 differs from the run's 0"):
         resumed_config(GANConfig, given, {"run_dir", "mbstd", "resume"}, "gan")

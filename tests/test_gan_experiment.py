@@ -217,16 +217,18 @@ def test_image_folder_trains_a_64px_rgb_dcgan(tmp_path, data_root):
 
 
 def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, data_root):
-    """--image-folder alone (and --arch resnet): DiffAugment of what D sees, R1 + R2 (lazy, every
-    4th step here); interrupted and resumed in a new process, the same state bit for bit; every
-    probe logs the samples' diversity beside the real images', and the grids include the nearest
-    training image of each sample. (Eager: a compiled residual pair's double backward takes minutes
-    to compile on 2 cores; the compiled GAN step's resume is tested on MNIST.)"""
+    """--image-folder alone (and --arch resnet, --color-p 0.5): DiffAugment of what D sees (colour on
+    half of it), R1 + R2 (lazy, every 4th step here); interrupted and resumed in a new process, the
+    same state bit for bit; every probe logs the samples' diversity beside the real images', and
+    the grids include the nearest training image of each sample. (Eager: a compiled residual pair's
+    double backward takes minutes to compile on 2 cores; the compiled GAN step's resume is tested
+    on MNIST.)"""
     folder = _art(tmp_path / "art")
 
     def train(run, steps, resume=False):
         args = ["--no-compile", "--no-progress", "--image-folder", folder, "--arch", "resnet", "--width", "4"]
         args += ["--batch-size", "8", "--epochs", "4", "--r1-every", "4", "--probe-every", "5"]
+        args += ["--color-p", "0.5"]
         args += ["--max-steps", steps, *(["--resume", run] if resume else ["--run-dir", run])]
         return run_cli("experiments.gan", args, data_root)
 
@@ -234,8 +236,8 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
     train(tmp_path / "split", 7)
     train(tmp_path / "split", 14, resume=True)
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    recipe = [config[k] for k in ("dataset", "arch", "r2_gamma", "mbstd")]
-    assert recipe == ["imagefolder", "resnet", 0.1, 4]
+    recipe = [config[k] for k in ("dataset", "arch", "r2_gamma", "mbstd", "color_p")]
+    assert recipe == ["imagefolder", "resnet", 0.1, 4, 0.5]
     assert config["augment"] == ["color", "translation", "cutout"]
     a, b = (load_file(str(tmp_path / r / "checkpoint.safetensors")) for r in ("straight", "split"))
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
@@ -265,7 +267,6 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
         (["--augment", "color,flip"], "--augment must be one of"),
         (["--augment", "none,color"], "--augment: none, or names"),
         (["--r2-gamma", "-2"], "--r2-gamma"),
-        (["--arch", "resnet"], "resnet 64x64"),
         (["--conditional", "--dataset", "imagefolder", "--image-folder", "."], "--conditional needs"),
         (
             [
