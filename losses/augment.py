@@ -72,10 +72,9 @@ def diff_augment(
         raise ValueError(
             f"augmentations must be among {', '.join(AUGMENTS)}, got {', '.join(sorted(unknown))}"
         )
-    if "color" in policy and color_p < 1:
-        x = torch.where((u[:, DRAWS] < color_p).view(-1, 1, 1, 1), color(x, u[:, 0:3]), x)
-    elif "color" in policy:
-        x = color(x, u[:, 0:3])
+    if "color" in policy:
+        coloured = color(x, u[:, 0:3])
+        x = coloured if color_p >= 1 else torch.where((u[:, DRAWS] < color_p).view(-1, 1, 1, 1), coloured, x)
     if "translation" in policy:
         x = translation(x, u[:, 3:5])
     if "cutout" in policy:
