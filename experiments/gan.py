@@ -85,7 +85,7 @@ class GANConfig(RunConfig):
     )
     color_p: float = option(
         1.0, "the colour augmentation on this share of the images D sees, drawn afresh each time (ADA's p "
-        "for one transform; 1: all; the wallpapers' next trial, not yet measured: docs/results.md)"
+        "for one transform; 1: all; 0.5 on the wallpapers: worse than 1 or none, docs/results.md)"
     )  # fmt: skip
     mirror: bool = option(
         False, "x-flip half the real images, drawn afresh each time (the data set's mirror images; "
