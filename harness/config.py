@@ -239,7 +239,8 @@ def parse_config(cls, argv=None, prog="purestep", description=None):
 
 def merge_resumed(cls, saved: dict, given: dict):
     """The saved run's config with the flags given now; changing a structural one is an error."""
-    saved = {**cls.BEFORE, **saved}
+    # JSON keeps a tuple flag (--augment a,b) as a list: compared and rebuilt as the parser's tuple
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in {**cls.BEFORE, **saved}.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(saved) - names
     if unknown:

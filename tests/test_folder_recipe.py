@@ -224,6 +224,21 @@ def test_a_folder_run_saved_before_mbstd_existed_resumes_without_it(tmp_path):
         resumed_config(GANConfig, given, {"run_dir", "mbstd", "resume"}, "gan")
 
 
+def test_a_resume_may_repeat_a_list_flag_the_run_was_started_with(tmp_path):
+    """config.json holds --augment as a JSON list; the same flag given again on resume (as `make
+    train-gan-abstract ARGS=--resume` passes it) is the run's own, another list is refused."""
+    config = dataclasses.asdict(
+        GANConfig(image_folder="x", run_dir=str(tmp_path), augment=("translation", "cutout"))
+    )
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "gan", **config}))
+    given = GANConfig(image_folder="x", run_dir=str(tmp_path), augment=("translation", "cutout"), resume=True)
+    cfg = resumed_config(GANConfig, given, {"run_dir", "augment", "resume"}, "gan")
+    assert cfg.augment == ("translation", "cutout") and cfg.augmentations == ("translation", "cutout")
+    given = GANConfig(image_folder="x", run_dir=str(tmp_path), augment=("translation",), resume=True)
+    with pytest.raises(UsageError, match="--augment .* differs from the run's"):
+        resumed_config(GANConfig, given, {"run_dir", "augment", "resume"}, "gan")
+
+
 def test_subfolders_are_labels_in_sorted_order(tmp_path):
     for name, n in (("b-cats", 2), ("a-dogs", 3)):
         (tmp_path / name).mkdir()
