@@ -239,14 +239,18 @@ def parse_config(cls, argv=None, prog="purestep", description=None):
 
 def merge_resumed(cls, saved: dict, given: dict):
     """The saved run's config with the flags given now; changing a structural one is an error."""
-    # JSON keeps a tuple flag (--augment a,b) as a list: compared and rebuilt as the parser's tuple
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in {**cls.BEFORE, **saved}.items()}
+    saved = {**cls.BEFORE, **saved}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(saved) - names
     if unknown:
         raise UsageError(f"the saved config has fields this experiment lacks: {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(cls)  # typed as Config reads them: a JSON list is the flag's tuple
+    saved = {k: _typed(k, hints[k], v) for k, v in saved.items()}
+    shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731  (as typed)
     for key, value in given.items():
         if key not in cls.RESUMABLE and saved.get(key) != value:
             was = saved.get(key)
-            raise UsageError(f"{flag(key)} {value} differs from the run's {was}; start a new --run-dir")
+            raise UsageError(
+                f"{flag(key)} {shown(value)} differs from the run's {shown(was)}; start a new --run-dir"
+            )
     return cls(**{**saved, **given})
