@@ -75,7 +75,7 @@ data-abstract: $(STAMP)  ## 10,000 64x64 crops of the abstract wallpapers into $
 train-gan-emoji: data-emoji  ## make train-gan on the emoji folder, 96 epochs (the folder recipe: a 32-wide DCGAN pair, minibatch std in D, DiffAugment, R1 + R2; 52 min on 2 AVX2 cores)
 	$(PY) -m experiments.gan --image-folder $(EMOJI) --epochs 96 $(ARGS)
 
-train-gan-abstract: data-abstract  ## make train-gan on the abstract-wallpaper crops, 108 epochs, no colour jitter, R1/R2 gamma 0.3 (2 h 13 min on 2 AVX2 cores in fp32)
+train-gan-abstract: data-abstract  ## make train-gan on the abstract-wallpaper crops, 108 epochs, no colour jitter, R1/R2 gamma 0.3 (about 2 h 14 min on 2 AVX2 cores in fp32)
 	$(PY) -m experiments.gan --image-folder $(ABSTRACT) --epochs 108 --augment translation,cutout --r1-gamma 0.3 --r2-gamma 0.3 $(ARGS)
 
 eval-folders: $(STAMP)  ## SWD (with its floor), diversity and a nearest-neighbour grid of folder A against folder B
