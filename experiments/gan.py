@@ -44,7 +44,7 @@ from harness.imagefolder import class_names
 from harness.progress import say
 from harness.rundir import PROBES, STEPS
 from losses.augment import AUGMENTS, DRAWS
-from losses.gan import GAN_LOSSES, make_gan_loss
+from losses.gan import GAN_LOSSES, PAIRED, make_gan_loss
 from models.gan import GAN_ARCHS, build_gan
 
 CLASSIFIED = DATASET_NAMES  # the built-in data sets have a project classifier, hence FID and IS
@@ -57,7 +57,8 @@ BUILT_IN = {"arch": "dcgan", "width": 64, "r2_gamma": 0.0, "augment": ("none",),
 @dataclass(frozen=True)
 class GANConfig(RunConfig):
     RESUMABLE = RunConfig.RESUMABLE + ("eval_samples", "target_fid", "probe_every", "probe_samples")
-    BEFORE = {"mbstd": 0, "color_p": 1.0}  # runs saved before these flags existed trained without them
+    # runs saved before these flags existed trained without them
+    BEFORE = {"mbstd": 0, "color_p": 1.0, "top_k": 1.0, "top_k_steps": 0}
 
     dataset: str = option(
         "auto",
@@ -97,6 +98,11 @@ class GANConfig(RunConfig):
     )
     channels_last: bool = option(True, "convolution weights (and so activations) in channels-last layout")
     mode_seeking: float = option(0.0, "weight of the mode-seeking term in G's loss (Mao et al. 2019; 0: off)")
+    top_k: float = option(
+        1.0, "top-k training (Sinha et al. 2020): G learns from this share of its images, the ones D "
+        "scores highest, falling from 1 over --top-k-steps (1: all; their paper: 0.5)"
+    )  # fmt: skip
+    top_k_steps: int = option(0, "steps over which --top-k's share falls from 1 to it (0: the whole run)")
     disc_norm: bool = option(False, "BatchNorm in the discriminator (the DCGAN paper; not with a penalty)")
     conditional: bool = option(False, "class-conditional: label embedding in G, projection discriminator")
     class_weight: float = option(1.0, "--conditional: weight of ACGAN's auxiliary classifier loss (0: none)")
@@ -171,6 +177,8 @@ class GANConfig(RunConfig):
         )
         ok = self.g_class_weight >= 0 or self.g_class_weight == -1
         self.require(ok, f"--g-class-weight must be >= 0 (or -1: --class-weight), got {self.g_class_weight}")
+        ok = 0 < self.top_k <= 1 and self.top_k_steps >= 0 and (self.top_k == 1 or self.loss not in PAIRED)
+        self.require(ok, "--top-k must be in (0, 1] (1 with --loss relativistic), --top-k-steps >= 0")
         self.require(self.probe_samples >= 10, "--probe-samples must be at least 10")
         ok = self.eval_samples == 0 or self.eval_samples >= 10  # the IS splits them in ten
         self.require(ok, f"--eval-samples must be 0 (no final score) or at least 10, got {self.eval_samples}")
@@ -285,9 +293,6 @@ def main(argv=None):
         raise UsageError(str(e)) from None
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format  # of the 4-d weights
     gen, disc = (m.to(run.device, memory_format=layout) for m in (gen, disc))
-    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
-                        cfg.classifier_weight, cfg.generator_class_weight, cfg.r2_gamma,
-                        cfg.augmentations, cfg.mirror, cfg.color_p)  # fmt: skip
     noise = {"z": (cfg.latent_dim,), **({"u": ()} if cfg.loss == "wgan-gp" else {})}
     if cfg.mirror:
         noise["mirror"] = ()  # one draw per real image: flipped where positive
@@ -295,6 +300,10 @@ def main(argv=None):
         noise["aug"] = (2, DRAWS + (cfg.color_p < 1))  # DiffAugment's draws: real, fake (+ colour's gate)
     loader = run.loader(noise, batches=cfg.n_disc)
     steps = cfg.epochs * loader.steps_per_epoch  # generator updates; D takes n_disc per step
+    gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
+                        cfg.classifier_weight, cfg.generator_class_weight, cfg.r2_gamma,
+                        cfg.augmentations, cfg.mirror, cfg.color_p,
+                        cfg.top_k, cfg.top_k_steps or steps)  # fmt: skip
 
     def rate(lr: float, updates: int):
         return lr if cfg.lr_decay == "constant" else engine.cosine(lr, updates)

@@ -28,9 +28,14 @@ def nonsaturating_d(real, fake):
     return loss, _d_metrics(loss, real, fake, prob=True)
 
 
-def nonsaturating_g(fake):
+def _mean(values, weight=None):
+    """The mean of values, or their weighted mean (top-k training: weights 1 for the kept images, 0 else)."""
+    return values.mean() if weight is None else (values * weight).sum() / weight.sum()
+
+
+def nonsaturating_g(fake, weight=None):
     """Goodfellow et al. (2014)'s non-saturating generator loss -log D(G(z)) = softplus(-f)."""
-    loss = F.softplus(-fake).mean()
+    loss = _mean(F.softplus(-fake), weight)
     return loss, {"g_loss": loss.detach()}
 
 
@@ -40,9 +45,9 @@ def hinge_d(real, fake):
     return loss, _d_metrics(loss, real, fake, prob=False)
 
 
-def critic_g(fake):
+def critic_g(fake, weight=None):
     """-f: the generator side of the hinge and Wasserstein losses."""
-    loss = -fake.mean()
+    loss = _mean(-fake, weight)
     return loss, {"g_loss": loss.detach()}
 
 
@@ -52,8 +57,8 @@ def lsgan_d(real, fake):
     return loss, _d_metrics(loss, real, fake, prob=False)
 
 
-def lsgan_g(fake):
-    loss = 0.5 * (fake - 1).square().mean()
+def lsgan_g(fake, weight=None):
+    loss = 0.5 * _mean((fake - 1).square(), weight)
     return loss, {"g_loss": loss.detach()}
 
 
@@ -84,6 +89,22 @@ PAIRS = {
     "relativistic": (relativistic_d, relativistic_g),
 }
 PAIRED = ("relativistic",)  # generator losses that also see the real images' logits
+
+
+def top_k_share(step: torch.Tensor, least: float, steps: int) -> torch.Tensor:
+    """The share of the batch top-k training keeps at `step` (a tensor, so the compiled step needs no
+    recompiling as it moves): 1 at step 0, falling linearly to `least` at `steps`, then `least`."""
+    done = (step.float() / max(steps, 1)).clamp(max=1.0)
+    return 1 - (1 - least) * done
+
+
+def top_k_weights(scores: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Sinha et al. (2020)'s top-k training: weight 1 for the ceil(share * B) generated images the
+    discriminator scores highest, 0 for the rest, so the generator learns only from its best ones.
+    (B,) scores -> (B,) weights in the scores' dtype; ties broken by position."""
+    k = torch.ceil(share * len(scores)).clamp(min=1)
+    rank = scores.detach().argsort(descending=True, stable=True).argsort()  # 0: the highest score
+    return (rank < k).to(scores.dtype)
 
 
 def uniform_from_normal(n: torch.Tensor) -> torch.Tensor:
@@ -162,6 +183,8 @@ def make_gan_loss(
     augment: tuple[str, ...] = (),
     mirrored: bool = False,
     color_p: float = 1.0,
+    top_k: float = 1.0,
+    top_k_steps: int = 0,
 ) -> GANLoss:
     """Bind a generator and discriminator module into the pure functions of `kind`.
 
@@ -185,10 +208,15 @@ def make_gan_loss(
     (B, 2, DRAWS + 1) with color_p < 1: the colour transform on that share of the images).
     mirrored: the real images x-flipped where batch["mirror"] (B,) is positive (losses.augment.mirror),
     in every term that reads them (R1 included).
+    top_k < 1 (not with the relativistic pairing): the adversarial term of the generator's loss
+    averages over its top-k images only (top_k_weights), the share kept falling from 1 to top_k over
+    the first top_k_steps steps (top_k_share of batch["step"]).
     """
     if kind not in PAIRS:
         raise ValueError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {kind!r}")
     d_fn, g_fn = PAIRS[kind]
+    if top_k < 1 and kind in PAIRED:
+        raise ValueError(f"top-k training weighs each generated image's own loss; {kind!r} pairs them")
     g_class = class_weight if gen_class_weight is None else gen_class_weight
 
     def generate(params, buffers, z, y=None):
@@ -250,6 +278,9 @@ def make_gan_loss(
             real = seen(real_images(batch), batch, 0)
             real_logits, _ = call_module(disc, d_params, d_buffers, real, y)
             loss, metrics = g_fn(logits.float(), real_logits.float().detach())
+        elif top_k < 1:
+            weight = top_k_weights(logits.float(), top_k_share(batch["step"], top_k, top_k_steps))
+            loss, metrics = g_fn(logits.float(), weight)
         else:
             loss, metrics = g_fn(logits.float())
         if mode_seeking_weight > 0:

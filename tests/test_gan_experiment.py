@@ -267,6 +267,10 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
         (["--augment", "color,flip"], "--augment must be one of"),
         (["--augment", "none,color"], "--augment: none, or names"),
         (["--r2-gamma", "-2"], "--r2-gamma"),
+        (
+            ["--top-k", "0.5", "--loss", "relativistic"],
+            "--top-k must be in (0, 1] (1 with --loss relativistic)",
+        ),
         (["--conditional", "--dataset", "imagefolder", "--image-folder", "."], "--conditional needs"),
         (
             [

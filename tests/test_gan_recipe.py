@@ -411,3 +411,33 @@ def test_a_conditional_generators_scores_carry_its_label_agreement(data_root):
     plain = reference.score_generator(Sampler(lambda p, b, z, y: (digits[:1].expand(len(z), -1, -1, -1), b),
                                               params, {}, 4, 0), 200, 0, recall=False)  # fmt: skip
     assert "agreement" not in plain  # unconditional: nothing was asked for
+
+
+def test_top_k_keeps_the_best_scored_share_and_the_generator_learns_only_from_those():
+    """Sinha et al. (2020): the share falls linearly from 1 to its floor, the weights pick the
+    ceil(share * B) highest logits, and G's loss is the non-saturating loss of those images alone
+    (against torch.topk), its gradient zero at every image left out."""
+    step = torch.tensor([0, 250, 500, 900])
+    torch.testing.assert_close(G.top_k_share(step, 0.5, 500), torch.tensor([1.0, 0.75, 0.5, 0.5]))
+    scores = torch.tensor([0.3, -2.0, 1.5, 0.9, -0.1])
+    assert G.top_k_weights(scores, torch.tensor(0.5)).tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]  # k = 3
+    assert G.top_k_weights(scores, torch.tensor(1.0)).tolist() == [1.0] * 5
+
+    gen, disc, params, buffers, batch = _disc_batch()
+    fake = batch["fake"].requires_grad_(True)
+    g_batch = {"disc_params": params, "disc_buffers": buffers, "step": torch.tensor(1000)}
+    loss, _ = G.make_gan_loss(gen, disc, top_k=0.25, top_k_steps=500).gen_loss(fake, g_batch)
+    logits = disc(fake)
+    kept = logits.topk(2).indices  # a quarter of 8
+    torch.testing.assert_close(loss, torch.nn.functional.softplus(-logits[kept]).mean())
+    (grad,) = torch.autograd.grad(loss, fake)
+    left_out = torch.ones(8, dtype=torch.bool)
+    left_out[kept] = False
+    assert grad[left_out].abs().max() == 0 and grad[kept].abs().min() > 0
+    every, _ = G.make_gan_loss(gen, disc).gen_loss(fake, g_batch)
+    early, _ = G.make_gan_loss(gen, disc, top_k=0.25, top_k_steps=500).gen_loss(
+        fake, {**g_batch, "step": torch.tensor(0)}
+    )
+    torch.testing.assert_close(early, every)  # at step 0 the share is 1: every image
+    with pytest.raises(ValueError, match="pairs them"):
+        G.make_gan_loss(gen, disc, kind="relativistic", top_k=0.5)
