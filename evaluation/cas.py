@@ -28,7 +28,7 @@ def to_dataset(images: torch.Tensor, labels: torch.Tensor) -> Dataset:
 
 
 @torch.no_grad()
-def accuracy(model, params, buffers, test: Dataset, batch: int = 1000) -> float:
+def accuracy(model, params, buffers, test: Dataset, batch: int = 250) -> float:
     """Top-1 accuracy of the classifier on the test split."""
     right = 0
     for i in range(0, len(test.labels), batch):
