@@ -303,7 +303,7 @@ def main(argv=None):
     gan = make_gan_loss(gen, disc, cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_batch, cfg.mode_seeking,
                         cfg.classifier_weight, cfg.generator_class_weight, cfg.r2_gamma,
                         cfg.augmentations, cfg.mirror, cfg.color_p,
-                        cfg.top_k, cfg.top_k_steps or steps)  # fmt: skip
+                        cfg.top_k, (cfg.top_k_steps or steps) if cfg.top_k < 1 else 0)  # fmt: skip
 
     def rate(lr: float, updates: int):
         return lr if cfg.lr_decay == "constant" else engine.cosine(lr, updates)

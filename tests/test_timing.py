@@ -237,6 +237,8 @@ def test_the_cache_file_name_changes_with_what_the_step_depends_on_and_only_that
     )
     assert path(ae.main, "--dataset", "fashion-mnist") == path(ae.main)
     assert path(gan.main, "--epochs", "3") == path(gan.main)
+    top_k = ("--top-k", "0.5")  # its share falls over the whole run: the epochs now reach the step
+    assert path(gan.main, *top_k, "--epochs", "3") != path(gan.main, *top_k) != path(gan.main)
     from experiments.vae import VAEConfig
     from harness.stepcache import step_cache_path
 
