@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import read_image
-from torchvision.utils import save_image
+from PIL import Image
 
 import engine
 from evaluation.explore import headline, write_gan_explorer
@@ -39,6 +39,7 @@ from harness import (
     to_unit,
     train,
 )
+from harness.board import make_grid
 from harness.config import DATASET_NAMES, LR_DECAYS
 from harness.imagefolder import class_names
 from harness.progress import say
@@ -267,8 +268,10 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     if records:  # one grid per finished epoch (a --max-steps run may stop before the first)
         run.board.image("fixed_z_samples", fixed, records[-1]["step"])
         (d / "grids").mkdir(exist_ok=True)
-        save_image(fixed, d / "grids" / f"epoch-{records[-1]['epoch']:03d}.png", nrow=8, padding=2)
-        frames = [read_image(str(p))[None].float() / 255 for p in sorted((d / "grids").glob("epoch-*.png"))]
+        grid = make_grid(fixed.cpu(), nrow=8).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)  # (3, H, W)
+        name = f"epoch-{records[-1]['epoch']:03d}.png"
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(d / "grids" / name)
+        frames = [_read_png(p) for p in sorted((d / "grids").glob("epoch-*.png"))]
         save_gif(frames, d / "progress.gif", nrow=1)
     real = to_unit(run.test.images[: len(fixed)])
     source = "test split" if cfg.dataset in CLASSIFIED else "the folder"
@@ -279,6 +282,13 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
             f"{tag}: 32 samples, each over its nearest of {len(run.train.images):,} training images (pixels)"
         )
         save_nearest_grid(fixed[:32], to_unit(run.train.images), d / "nearest_neighbours.png", title)
+
+
+def _read_png(path) -> torch.Tensor:
+    """A saved grid as a batch of one, (1, 3, H, W) in [0, 1]: a frame of progress.gif."""
+    with Image.open(path) as image:
+        pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8, a copy torch may write to
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
 
 
 @main_guard

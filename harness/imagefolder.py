@@ -7,8 +7,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as F
-from torchvision.io import ImageReadMode, decode_image
 
 from harness.config import UsageError
 from harness.data import DataError, Dataset
@@ -45,7 +43,11 @@ def class_names(root) -> list[str]:
 def _decode(path: Path, channels: int, frames: int = 1) -> torch.Tensor:
     """One file as uint8 (C, H, W): torchvision.io where it can, PIL for the rest (bmp, ...) and for
     an animated file (`frames` > 1), whose first frame alone PIL decodes (torchvision would decode
-    every frame: 100 frames of 3000x3000 are 2.7 GB)."""
+    every frame: 100 frames of 3000x3000 are 2.7 GB). torchvision loads here, not at import: a run
+    on MNIST never pays its 2 s import."""
+    import torchvision.transforms.v2.functional as F
+    from torchvision.io import ImageReadMode, decode_image
+
     grey = channels == 1 and path.suffix.lower() not in (".gif", ".webp")  # those return RGB anyway
     image = None  # (GIF and WebP ignore GRAY; WebP says so in a raw C++ warning)
     if frames == 1:
@@ -72,6 +74,8 @@ def _decode(path: Path, channels: int, frames: int = 1) -> torch.Tensor:
 
 def _fit(image: torch.Tensor, size: int) -> torch.Tensor:
     """Shorter side to `size` (antialiased), then the central size x size square: (C, size, size)."""
+    import torchvision.transforms.v2.functional as F
+
     image = F.resize(image, [size], antialias=True)
     return F.center_crop(image, [size, size])
 

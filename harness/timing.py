@@ -17,7 +17,8 @@ def process_start() -> float:
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         ticks = int(fields[19])  # starttime, clock ticks after boot (field 22 of proc(5))
-        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime"))
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _LOADED

@@ -71,7 +71,7 @@ def test_classifier_step_lowers_the_loss_on_a_real_batch(data_root):
     torch.manual_seed(0)
     train = harness.load_dataset("mnist", "train", root=data_root)
     batch = {"x": to_unit(train.images[:256]), "y": train.labels[:256]}
-    model = build_classifier()
+    model = build_classifier().to(memory_format=torch.channels_last)  # as experiments.classifier trains it
     loss_fn = make_classifier_loss(model)
     optimizer = engine.adam(1e-3)
     step = engine.make_train_step(loss_fn, optimizer, engine.StepOptions(compile=False))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from models import build_ae, build_vae
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_main
 
 FAST = ["--no-compile", "--no-progress", "--batch-size", "256"]
 
@@ -137,7 +137,7 @@ def _one_error_line(proc):
     ],
 )
 def test_bad_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
-    proc = run_cli("experiments.vae", [*FAST, "--run-dir", tmp_path / "r", *args], data_root, expect=2)
+    proc = run_main("experiments.vae", [*FAST, "--run-dir", tmp_path / "r", *args], data_root)
     assert words in _one_error_line(proc)
 
 

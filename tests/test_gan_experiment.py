@@ -12,7 +12,7 @@ from evaluation.sampling import Sampler, sample_images
 from harness.data import load_dataset
 from losses.gan import make_gan_loss
 from models.gan import build_gan
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 
 FAST = ["--no-compile", "--no-progress", "--batch-size", "256"]
 
@@ -290,12 +290,12 @@ def test_the_folder_recipe_resumes_bitwise_and_watches_for_collapse(tmp_path, da
 def test_bad_gan_flags_end_in_one_line_and_exit_2(data_root, tmp_path, args, words):
     (tmp_path / "empty").mkdir()
     args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
-    proc = run_cli("experiments.gan", [*FAST, "--run-dir", tmp_path / "r", *args], data_root, expect=2)
+    proc = run_main("experiments.gan", [*FAST, "--run-dir", tmp_path / "r", *args], data_root)
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
 
 
 def test_eval_gan_refuses_a_run_that_is_not_a_gan(data_root, tmp_path):
-    proc = run_cli("experiments.eval_gan", [tmp_path], data_root, expect=2)
+    proc = run_main("experiments.eval_gan", [tmp_path], data_root)
     assert "not a finished GAN run" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

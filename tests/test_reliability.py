@@ -26,7 +26,7 @@ from harness.rundir import LOCK, list_checkpoints, read_metrics, step_path
 from losses import gan as G
 from losses import make_elbo_loss
 from models import build_gan, build_vae
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_main
 
 STEPS, EVERY = 60, 7  # the subprocess runs: 60 steps of the mlp VAE, a checkpoint every 7
 VAE = ["--arch", "mlp", "--latent-dim", "4", "--no-compile", "--no-progress", "--batch-size", "256"]
@@ -433,7 +433,7 @@ def _run_with_config(tmp_path, **changes) -> Path:
 )
 def test_a_config_json_of_the_wrong_type_or_range_is_one_line(data_root, tmp_path, changes, words):
     run_dir = _run_with_config(tmp_path, **changes)
-    _, err = _run(data_root, ["--resume", run_dir], expect=2)
+    err = run_main("experiments.vae", ["--resume", run_dir], data_root).stderr
     assert words in _error_line(err)
 
 
@@ -446,7 +446,7 @@ def test_a_config_json_of_the_wrong_type_or_range_is_one_line(data_root, tmp_pat
     ],
 )
 def test_out_of_range_flags_are_one_line_and_leave_nothing(data_root, tmp_path, args, words, module):
-    _, err = _run(data_root, [*args, "--run-dir", tmp_path / "run"], expect=2, module=module)
+    err = run_main(module, [*args, "--run-dir", tmp_path / "run"], data_root).stderr
     assert words in _error_line(err) and not (tmp_path / "run").exists()
 
 
