@@ -31,8 +31,8 @@ def to_dataset(images: torch.Tensor, labels: torch.Tensor) -> Dataset:
 def accuracy(model, params, buffers, test: Dataset, batch: int = 250) -> float:
     """Top-1 accuracy of the classifier on the test split, its conv weights in channels-last (3x the
     NCHW rate on a CPU, as evaluation.features runs them; the training stays NCHW)."""
-    last = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t  # noqa: E731
-    params = {k: last(v) for k, v in params.items()}
+    last = torch.channels_last
+    params = {k: v.contiguous(memory_format=last) if v.dim() == 4 else v for k, v in params.items()}
     right = 0
     for i in range(0, len(test.labels), batch):
         logits, _ = engine.call_module(model, params, buffers, to_unit(test.images[i : i + batch]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.board import make_grid
@@ -191,6 +192,20 @@ def plot_step_curves(
             ax.legend()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def save_png(images: torch.Tensor, path, nrow: int = 8) -> None:
+    """A batch (N, C, H, W) in [0, 1] as one PNG grid, black between the tiles: the pixels of
+    torchvision.utils.save_image(images, path, nrow), without importing torchvision."""
+    grid = _grid(images, nrow, pad_value=0.0).mul(255).add(0.5).to(torch.uint8)  # (3, H, W)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(Path(path))
+
+
+def read_png(path) -> torch.Tensor:
+    """A PNG as a batch of one, (1, 3, H, W) in [0, 1] (a frame for save_gif)."""
+    with Image.open(Path(path)) as image:
+        pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8, a copy torch may write to
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
 
 
 def save_gif(frames: list[torch.Tensor], path, duration_ms: int = 400, nrow: int = 8) -> None:

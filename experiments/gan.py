@@ -7,9 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import engine
 from evaluation.explore import headline, write_gan_explorer
@@ -19,9 +17,11 @@ from evaluation.plots import (
     plot_curves,
     plot_quality_vs_time,
     plot_step_curves,
+    read_png,
     save_gif,
     save_grids_side_by_side,
     save_nearest_grid,
+    save_png,
 )
 from evaluation.sampling import Sampler, sample_images
 from evaluation.swd import LabelledFolderReference, SWDReference
@@ -39,7 +39,6 @@ from harness import (
     to_unit,
     train,
 )
-from harness.board import make_grid
 from harness.config import DATASET_NAMES, LR_DECAYS
 from harness.imagefolder import class_names
 from harness.progress import say
@@ -268,10 +267,8 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
     if records:  # one grid per finished epoch (a --max-steps run may stop before the first)
         run.board.image("fixed_z_samples", fixed, records[-1]["step"])
         (d / "grids").mkdir(exist_ok=True)
-        grid = make_grid(fixed.cpu(), nrow=8).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)  # (3, H, W)
-        name = f"epoch-{records[-1]['epoch']:03d}.png"
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(d / "grids" / name)
-        frames = [_read_png(p) for p in sorted((d / "grids").glob("epoch-*.png"))]
+        save_png(fixed, d / "grids" / f"epoch-{records[-1]['epoch']:03d}.png")
+        frames = [read_png(p) for p in sorted((d / "grids").glob("epoch-*.png"))]
         save_gif(frames, d / "progress.gif", nrow=1)
     real = to_unit(run.test.images[: len(fixed)])
     source = "test split" if cfg.dataset in CLASSIFIED else "the folder"
@@ -282,13 +279,6 @@ def save_plots(run: RunContext, sampler: Sampler, reference) -> None:
             f"{tag}: 32 samples, each over its nearest of {len(run.train.images):,} training images (pixels)"
         )
         save_nearest_grid(fixed[:32], to_unit(run.train.images), d / "nearest_neighbours.png", title)
-
-
-def _read_png(path) -> torch.Tensor:
-    """A saved grid as a batch of one, (1, 3, H, W) in [0, 1]: a frame of progress.gif."""
-    with Image.open(path) as image:
-        pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8, a copy torch may write to
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
 
 
 @main_guard

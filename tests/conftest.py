@@ -102,7 +102,7 @@ def run_main(module: str, args, data_root, expect: int = 2):
                 importlib.import_module(module).main([str(a) for a in args])
                 code = 0
             except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     finally:
         if old is None:
             del os.environ["DATA_DIR"]

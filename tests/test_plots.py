@@ -7,7 +7,15 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, read_image
 
-from evaluation.plots import _smooth, plot_step_curves, save_gif, save_grids_side_by_side, save_image_grid
+from evaluation.plots import (
+    _smooth,
+    plot_step_curves,
+    read_png,
+    save_gif,
+    save_grids_side_by_side,
+    save_image_grid,
+    save_png,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
 
@@ -38,6 +46,18 @@ def test_plot_step_curves_writes_a_png(tmp_path):
     image = _read_rgb(path)
     assert image.shape[0] == 3 and image.shape[2] > image.shape[1] > 100  # three panels side by side
     assert Image.open(path).format == "PNG"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_grids_are_torchvisions_pixels_and_read_back_exactly(tmp_path, channels):
+    from torchvision.utils import save_image
+
+    images = torch.rand(10, channels, 9, 7, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    save_png(images, tmp_path / "ours.png", nrow=4)
+    save_image(images, tmp_path / "torchvision.png", nrow=4, padding=2)
+    ours = read_image(str(tmp_path / "ours.png"), ImageReadMode.RGB)
+    assert torch.equal(ours, read_image(str(tmp_path / "torchvision.png"), ImageReadMode.RGB))
+    assert torch.equal(read_png(tmp_path / "ours.png"), ours[None].float() / 255)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
